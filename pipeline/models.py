@@ -1,0 +1,129 @@
+"""The small typed records passed between the pipeline's stages."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+#: The conversation fields a row may change, in the order they are reported and sent.
+FIELDS: tuple[str, ...] = ("inbox_id", "assignee_id", "status")
+STATUSES: tuple[str, ...] = ("open", "closed", "archived")
+#: Fields that may be set to JSON null.
+NULLABLE_FIELDS: frozenset[str] = frozenset({"assignee_id"})
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one input row; a report column that other tools read."""
+
+    UPDATED = "updated"
+    NOT_FOUND = "not_found"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    INVALID = "invalid"
+    SKIPPED = "skipped"
+    #: --dry-run: valid and would be sent.
+    PLANNED = "planned"
+
+
+def normalise_uuid(text: str) -> str:
+    """Return the canonical lower-case form of a uuid, or raise ValueError.
+
+    Accepts surrounding spaces and upper case, as spreadsheets produce them; refuses braces,
+    urn: prefixes and hyphen-less forms, which the API would refuse too.
+    """
+    candidate = text.strip().lower()
+    if len(candidate) != 36 or candidate.count("-") != 4:
+        raise ValueError(f"not a uuid: {text!r}")
+    canonical = str(uuid.UUID(candidate))
+    if canonical != candidate:
+        raise ValueError(f"not a uuid: {text!r}")
+    return canonical
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The target values of one row: only the fields present are sent; None means JSON null."""
+
+    values: tuple[tuple[str, str | None], ...]
+
+    @classmethod
+    def of(cls, values: Mapping[str, str | None]) -> Change:
+        unknown = set(values) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        return cls(tuple((name, values[name]) for name in FIELDS if name in values))
+
+    def body(self) -> dict[str, str | None]:
+        return dict(self.values)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return dict(self.values).get(name, default)
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationIds:
+    """The rows one request may touch: a non-empty tuple of validated, distinct uuids.
+
+    Every PATCH filter is built from this type and nothing else, so no code path can send a
+    PATCH without an id filter (which on the real API would change every conversation).
+    """
+
+    ids: tuple[str, ...]
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        checked = tuple(dict.fromkeys(normalise_uuid(each) for each in ids))
+        if not checked:
+            raise ValueError("a request must name at least one conversation id")
+        object.__setattr__(self, "ids", checked)
+
+    def filter_value(self) -> str:
+        """The PostgREST filter for the `id` query parameter."""
+        if len(self.ids) == 1:
+            return f"eq.{self.ids[0]}"
+        # uuids hold only hex digits and hyphens, none of PostgREST's reserved characters,
+        # so the items need no quoting.
+        return "in.(" + ",".join(self.ids) + ")"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class RowRequest:
+    """A valid input row: one conversation and the change asked for it."""
+
+    row: int
+    conversation_id: str
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """An input row that will not be sent, and why."""
+
+    row: int
+    conversation_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The final word on one input row; one line of the report."""
+
+    row: int
+    conversation_id: str
+    outcome: Outcome
+    change: Change = field(default_factory=lambda: Change(()))
+    http_status: int | None = None
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    #: The values the server returned for the row's fields (updated rows only).
+    returned: Mapping[str, str | None] | None = None
+    #: Fields whose returned value differs from the target, e.g. "status: closed -> open".
+    difference: str | None = None
