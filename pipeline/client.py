@@ -1,0 +1,306 @@
+"""The HTTP client for Mateo's conversation endpoint: builds requests, reads every answer shape.
+
+Mateo is PostgREST behind a proxy of its own, and several of its answers are not documented
+(`shared/api-notes.md`, "Not known"). This module accepts all of them: a JSON array, a single
+object, 204 with no body, `[]` and 404 for "matched nothing"; anything else becomes an error
+of the right class (transient, permanent, auth) for the retry policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anyio
+import httpx
+
+from pipeline.errors import AuthError, InputError, PermanentError, TransientError
+from pipeline.models import FIELDS, Change, ConversationIds, normalise_uuid
+
+DEFAULT_BASE_URL = "https://integration.getmateo.com/api/v1"
+#: The columns we ask back: enough to confirm each row and compare it with its target.
+SELECT = "id," + ",".join(FIELDS)
+#: A group of at most a few hundred rows answers in a few KB; anything far larger is not an
+#: answer to our request, and reading it whole would let a broken server exhaust our memory.
+MAX_RESPONSE_BYTES = 1_000_000
+TRANSPORTS = ("aiohttp", "httpx")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer: the rows the server named, or None when it named none (204)."""
+
+    http_status: int
+    rows: list[dict[str, Any]] | None
+    #: Rows counted by a `Content-Range` header, when the server sent one.
+    content_range_count: int | None = None
+
+
+def check_base_url(base_url: str) -> str:
+    """Return the base URL without a trailing slash, or raise InputError.
+
+    Plain http would send the token in clear text, so it is allowed for loopback hosts only.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise InputError(f"--base-url {base_url!r} is not a URL: {error}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InputError(f"--base-url {base_url!r} must be an https:// URL with a host")
+    if url.scheme == "http" and not _is_loopback(url.host):
+        raise InputError(
+            f"--base-url {base_url!r} uses plain http, which would send the API token in clear "
+            "text; use https:// (http:// is allowed for 127.0.0.1 and localhost only)"
+        )
+    return str(url).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_transport(kind: str, max_connections: int) -> httpx.AsyncBaseTransport:
+    """The connection pool, sized to the number of requests we allow in flight.
+
+    With the pool as large as the number of workers, no request ever waits for a connection,
+    so httpx's PoolTimeout cannot happen and a pool wait never counts against a row's attempts.
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if kind == "aiohttp":
+        # httpx's API over aiohttp's connection pool: httpcore's pool re-scans every connection
+        # on each request and slows sharply past ~24 in flight (see bench/ for the figures).
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=limits, trust_env=False)
+    if kind == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    raise InputError(f"unknown transport {kind!r}: choose one of {', '.join(TRANSPORTS)}")
+
+
+class MateoClient:
+    """Sends PATCH and GET requests for groups of conversations; one instance per run."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        max_connections: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+        transport_kind: str = "aiohttp",
+    ) -> None:
+        self._endpoint = check_base_url(base_url) + "/conversation"
+        self._token = token
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(
+            transport=transport or make_transport(transport_kind, max_connections),
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            # The whole request, including a body that trickles in forever, is bounded by
+            # anyio.fail_after below; httpx's own timeouts guard each phase, and waiting for
+            # a pooled connection is never a timeout (see make_transport).
+            timeout=httpx.Timeout(timeout, pool=None),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> MateoClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def patch(self, ids: ConversationIds, change: Change) -> Answer:
+        """PATCH the conversations named by `ids` with `change`; raise on anything but success."""
+        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}"
+        # return=representation and select together get a body back whether the proxy follows
+        # plain PostgREST (Prefer) or Mateo's docs (select).
+        headers = {"Prefer": "return=representation", "Content-Type": "application/json"}
+        content = json.dumps(change.body()).encode()
+        return await self._send("PATCH", url, headers=headers, content=content)
+
+    async def read(self, ids: ConversationIds) -> list[dict[str, Any]]:
+        """GET the current values of `ids` (at most 50 per call, the API's page size)."""
+        if len(ids) > 50:
+            raise ValueError("the API returns at most 50 rows per GET")
+        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&limit=50"
+        answer = await self._send("GET", url, headers={}, content=None)
+        return answer.rows or []
+
+    async def _send(
+        self, method: str, url: str, *, headers: dict[str, str], content: bytes | None
+    ) -> Answer:
+        try:
+            with anyio.fail_after(self._timeout):
+                request = self._http.build_request(method, url, headers=headers, content=content)
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await _read_capped(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise TransientError(f"no complete answer within {self._timeout:g} s") from None
+        except httpx.TimeoutException as error:
+            raise TransientError(self._redact(f"timed out: {error or type(error).__name__}")) from None
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise TransientError(self._redact(f"connection problem: {reason}")) from None
+        return self._interpret(method, response, body)
+
+    def _interpret(self, method: str, response: httpx.Response, body: bytes) -> Answer:
+        status = response.status_code
+        if status in (200, 201, 206):
+            return Answer(status, _rows_from_body(body), _content_range_count(response))
+        if status == 204:
+            return Answer(status, None, _content_range_count(response))
+        code, message = _error_details(body)
+        message = self._redact(message or response.reason_phrase or f"HTTP {status}")
+        if status == 404 and method == "PATCH" and _means_no_match(code, body):
+            # PostgREST before v10.1 answered a PATCH that matched nothing with 404.
+            return Answer(status, [], None)
+        if status in (401, 403):
+            raise AuthError(
+                "the API token is missing" if status == 401 else "the API token is not valid",
+                http_status=status,
+            )
+        if status == 429 or status >= 500:
+            raise TransientError(
+                message, http_status=status, code=code, retry_after=_retry_after(response)
+            )
+        if 300 <= status < 400:
+            location = self._redact(response.headers.get("location", "?"))
+            raise PermanentError(
+                f"the API answered with a redirect to {location}, which is not followed: "
+                "check --base-url",
+                http_status=status,
+            )
+        raise PermanentError(message, http_status=status, code=code)
+
+    def _redact(self, text: str) -> str:
+        """Remove the token from text that may echo it (a server's error, a URL)."""
+        return text.replace(self._token, "***") if self._token else text
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TransientError(
+                f"the answer is larger than {MAX_RESPONSE_BYTES:,} bytes; refused",
+                http_status=response.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rows_from_body(body: bytes) -> list[dict[str, Any]] | None:
+    """The rows an answer names: an array of objects, or one object (Mateo's docs)."""
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise TransientError("the answer is not JSON") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(
+        isinstance(row, dict) and isinstance(row.get("id"), str) for row in data
+    ):
+        raise TransientError("the answer is not a list of conversations")
+    return data
+
+
+def _content_range_count(response: httpx.Response) -> int | None:
+    """Rows counted by `Content-Range: 0-<n-1>/*` (or `*/*` for none)."""
+    value = response.headers.get("content-range")
+    if not value:
+        return None
+    span = value.split("/", 1)[0].strip()
+    if span == "*":
+        return 0
+    first, _, last = span.partition("-")
+    try:
+        return int(last) - int(first) + 1
+    except ValueError:
+        return None
+
+
+def _error_details(body: bytes) -> tuple[str | None, str | None]:
+    """The code and message of an error body; every key optional, HTML and garbage allowed."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        if text.lstrip().startswith("<"):
+            return None, "an HTML error page"
+        return None, text[:200] or None
+    if not isinstance(data, dict):
+        return None, None
+    code = data.get("code")
+    parts = [str(data[key]) for key in ("message", "details", "hint") if data.get(key)]
+    return (str(code) if code is not None else None), ("; ".join(parts)[:500] or None)
+
+
+def _means_no_match(code: str | None, body: bytes) -> bool:
+    # A wrong base URL also answers 404, with an HTML page or PostgREST's "table not found":
+    # that is not "this conversation does not exist", and must not turn rows into not_found.
+    if code == "PGRST205":
+        return False
+    stripped = body.strip()
+    return not stripped.startswith(b"<")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `ratelimit-reset`."""
+    for name in ("retry-after", "ratelimit-reset"):
+        value = response.headers.get(name)
+        if value is None:
+            continue
+        seconds = _parse_seconds(value)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _parse_seconds(value: str) -> float | None:
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def returned_values(row: dict[str, Any]) -> dict[str, str | None]:
+    """The fields we compare, from one returned row, as strings (uuids normalised)."""
+    values: dict[str, str | None] = {}
+    for name in FIELDS:
+        if name not in row:
+            continue
+        value = row[name]
+        values[name] = None if value is None else str(value)
+    return values
+
+
+def returned_id(row: dict[str, Any]) -> str | None:
+    try:
+        return normalise_uuid(str(row["id"]))
+    except (KeyError, ValueError):
+        return None

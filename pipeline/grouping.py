@@ -1,0 +1,118 @@
+"""The group stage: rows whose change is identical travel together in one request.
+
+Mateo allows 10,000 requests a day, so ten thousand rows moving to one inbox should cost two
+hundred PATCHes (`id=in.(…)` with 50 ids each), not ten thousand. A group is cut when it is
+full; a partial group goes out when a worker is idle and no row arrives for a short while, when
+too many rows are buffered, or when the input ends, so grouping never holds rows back for long.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from pipeline.models import Change, ConversationIds, RowRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The rows one request covers: all share one change."""
+
+    change: Change
+    rows: tuple[RowRequest, ...]
+
+    @property
+    def ids(self) -> ConversationIds:
+        return ConversationIds(row.conversation_id for row in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, size: int) -> list[Group]:
+        return [
+            Group(self.change, self.rows[start : start + size])
+            for start in range(0, len(self.rows), size)
+        ]
+
+
+class Grouper:
+    """Hands workers the next group to send, pulling validated rows from the read stage."""
+
+    def __init__(
+        self,
+        rows: ObjectReceiveStream[list[RowRequest]],
+        *,
+        batch_size: int,
+        max_wait: float = 0.5,
+        max_buffered: int | None = None,
+    ) -> None:
+        self._rows = rows
+        self.batch_size = batch_size
+        self._max_wait = max_wait
+        self._max_buffered = max_buffered or max(1_000, 20 * batch_size)
+        self._pending: dict[Change, list[RowRequest]] = {}
+        self._ready: deque[Group] = deque()
+        self._buffered = 0
+        self._exhausted = False
+        self._lock = anyio.Lock()
+
+    async def next_group(self) -> Group | None:
+        """The next group to send, or None once every row has been handed out."""
+        async with self._lock:
+            deadline = anyio.current_time() + self._max_wait
+            while True:
+                if self._ready:
+                    return self._take(self._ready.popleft())
+                if self._exhausted or self._buffered >= self._max_buffered:
+                    return self._take_oldest()
+                if not self._pending:
+                    await self._receive()
+                    continue
+                timeout = deadline - anyio.current_time()
+                if timeout <= 0:
+                    return self._take_oldest()
+                with anyio.move_on_after(timeout):
+                    await self._receive()
+
+    async def remaining_rows(self) -> list[RowRequest]:
+        """Every row not yet handed out, buffered or still to come (the run is stopping)."""
+        async with self._lock:
+            while not self._exhausted:
+                await self._receive()
+            rows = [row for group in self._ready for row in group.rows]
+            rows += [row for pending in self._pending.values() for row in pending]
+            self._ready.clear()
+            self._pending.clear()
+            self._buffered = 0
+            return sorted(rows, key=lambda row: row.row)
+
+    async def _receive(self) -> None:
+        try:
+            chunk = await self._rows.receive()
+        except anyio.EndOfStream:
+            self._exhausted = True
+            return
+        for row in chunk:
+            pending = self._pending.setdefault(row.change, [])
+            pending.append(row)
+            self._buffered += 1
+            if len(pending) >= self.batch_size:
+                del self._pending[row.change]
+                self._ready.append(Group(row.change, tuple(pending)))
+
+    def _take(self, group: Group) -> Group:
+        self._buffered -= len(group)
+        return group
+
+    def _take_oldest(self) -> Group | None:
+        if not self._pending:
+            return None
+        change = next(iter(self._pending))
+        rows = self._pending.pop(change)
+        # The batch size may have been lowered (a 414) since these rows were buffered.
+        group, *rest = Group(change, tuple(rows)).split(self.batch_size)
+        self._ready.extend(rest)
+        return self._take(group)

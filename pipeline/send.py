@@ -1,0 +1,264 @@
+"""The send stage: one group of rows → one PATCH (retried, paced) → one result per row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.client import MateoClient, returned_id, returned_values
+from pipeline.errors import (
+    AuthError,
+    MateoBulkError,
+    PermanentError,
+    RemoteError,
+    SafetyError,
+    TransientError,
+)
+from pipeline.grouping import Group, Grouper
+from pipeline.models import ConversationIds, Outcome, RowRequest, RowResult
+from pipeline.pacer import Pacer
+from pipeline.retry import MAX_BACKOFF_SECONDS, retrying
+
+#: How long every worker pauses after a 429 that named no wait: the rate-limit window.
+_DEFAULT_429_HOLD_SECONDS = 1.0
+#: The API's page size: a read-back GET names at most this many ids.
+_READ_PAGE = 50
+
+
+@dataclass
+class RunControl:
+    """What every worker checks before taking more work: has the run been told to stop?"""
+
+    stop_reason: MateoBulkError | None = None
+    requests: int = 0
+    retries: int = 0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def stop(self, reason: MateoBulkError) -> None:
+        # The first reason wins: an auth error followed by the interrupt it provoked is still
+        # an auth error.
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def notice(self, message: str) -> None:
+        if message not in self.notices:
+            self.notices.append(message)
+
+
+def row_results(
+    rows: Iterable[RowRequest], outcome: Outcome, **details: Any
+) -> list[RowResult]:
+    return [
+        RowResult(row.row, row.conversation_id, outcome, change=row.change, **details)
+        for row in rows
+    ]
+
+
+class Sender:
+    """Sends groups with retries under the shared pacer and turns each answer into results."""
+
+    def __init__(
+        self,
+        client: MateoClient,
+        pacer: Pacer,
+        control: RunControl,
+        grouper: Grouper,
+        *,
+        max_attempts: int,
+    ) -> None:
+        self._client = client
+        self._pacer = pacer
+        self._control = control
+        self._grouper = grouper
+        self._max_attempts = max_attempts
+        self._one_row_per_request = False
+
+    async def send(self, group: Group) -> list[RowResult]:
+        if self._one_row_per_request and len(group) > 1:
+            return await self._send_parts(group.split(1))
+        attempts = 0
+
+        async def patch() -> Any:
+            nonlocal attempts
+            await self._pacer.wait()
+            attempts += 1
+            self._control.requests += 1
+            return await self._client.patch(group.ids, group.change)
+
+        try:
+            answer = await self._retried(patch)
+        except AuthError as error:
+            self._control.stop(error)
+            return row_results(
+                group.rows, Outcome.SKIPPED, http_status=error.http_status, attempts=attempts,
+                error_message=str(error),
+            )
+        except PermanentError as error:
+            return await self._refused(group, error, attempts)
+        except TransientError as error:
+            return row_results(group.rows, Outcome.FAILED, attempts=attempts, **_details(error))
+
+        rows = answer.rows
+        if rows is None:
+            # A 204 names no rows: read the group back rather than assume what happened.
+            try:
+                rows = await self._read_back(group.ids)
+            except AuthError as error:
+                self._control.stop(error)
+                rows = None
+            except RemoteError as error:
+                message = f"the PATCH was answered {answer.http_status} with no rows, and " \
+                    f"reading them back failed: {error}"
+                return row_results(
+                    group.rows, Outcome.FAILED, http_status=answer.http_status,
+                    attempts=attempts, error_code=error.code, error_message=message,
+                )
+            if rows is None:
+                return row_results(
+                    group.rows, Outcome.SKIPPED, http_status=answer.http_status,
+                    attempts=attempts, error_message="the run stopped before the read-back",
+                )
+        return self._classify(group, rows, answer.http_status, attempts)
+
+    async def _retried(self, call: Callable[[], Any]) -> Any:
+        async for attempt in retrying(self._max_attempts, on_retry=self._on_retry):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: retrying re-raises the last error")
+
+    def _on_retry(self, error: TransientError) -> None:
+        self._control.retries += 1
+        if error.retry_after is not None:
+            self._pacer.hold(min(error.retry_after, MAX_BACKOFF_SECONDS))
+        elif error.http_status == 429:
+            self._pacer.hold(_DEFAULT_429_HOLD_SECONDS)
+
+    async def _refused(
+        self, group: Group, error: PermanentError, attempts: int
+    ) -> list[RowResult]:
+        if len(group) > 1 and error.http_status == 414:
+            # The URL was too long for a proxy: halve the group, and the batch size with it.
+            self._grouper.batch_size = max(1, min(self._grouper.batch_size, len(group) // 2))
+            self._control.notice(
+                f"the API refused a URL as too long (414): batch size lowered to "
+                f"{self._grouper.batch_size}"
+            )
+            return await self._send_parts(group.split(max(1, len(group) // 2)))
+        if len(group) > 1 and (
+            error.http_status == 406 or (error.http_status == 400 and error.code == "PGRST100")
+        ):
+            # 406: the proxy forces a single-object answer, so a multi-row PATCH is refused
+            # and rolled back. 400 PGRST100: it refuses `in.` filters. Either way nothing was
+            # changed; from now on, one row per request.
+            self._one_row_per_request = True
+            self._grouper.batch_size = 1
+            self._control.notice(
+                f"the API refused a grouped PATCH ({error.http_status}"
+                f"{' ' + error.code if error.code else ''}): sending one row per request"
+            )
+            return await self._send_parts(group.split(1))
+        if len(group) == 1 and error.http_status == 406:
+            # A single-object answer for a single id fails with 406 when no row matched.
+            return row_results(
+                group.rows, Outcome.NOT_FOUND, attempts=attempts, **_details(error)
+            )
+        return row_results(group.rows, Outcome.REJECTED, attempts=attempts, **_details(error))
+
+    async def _send_parts(self, parts: list[Group]) -> list[RowResult]:
+        results: list[RowResult] = []
+        for part in parts:
+            if self._control.stopping:
+                results += row_results(part.rows, Outcome.SKIPPED)
+            else:
+                results += await self.send(part)
+        return results
+
+    async def _read_back(self, ids: ConversationIds) -> list[dict[str, Any]] | None:
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(ids), _READ_PAGE):
+            if self._control.stopping:
+                return None
+            page = ConversationIds(ids.ids[start : start + _READ_PAGE])
+
+            async def read(page: ConversationIds = page) -> list[dict[str, Any]]:
+                await self._pacer.wait()
+                self._control.requests += 1
+                return await self._client.read(page)
+
+            rows += await self._retried(read)
+        return rows
+
+    def _classify(
+        self, group: Group, rows: list[dict[str, Any]], http_status: int, attempts: int
+    ) -> list[RowResult]:
+        returned: dict[str, dict[str, Any]] = {}
+        unexpected: set[str] = set()
+        requested = set(group.ids.ids)
+        for row in rows:
+            row_id = returned_id(row)
+            if row_id is None or row_id not in requested:
+                unexpected.add(str(row.get("id")))
+            else:
+                returned[row_id] = row
+        if unexpected:
+            self._control.stop(
+                SafetyError(
+                    f"the API answered for {len(unexpected)} conversation(s) that were not in "
+                    f"the request (e.g. {sorted(unexpected)[0]}); the run was stopped. Check "
+                    "the report and the account before running again",
+                    unexpected_ids=frozenset(unexpected),
+                )
+            )
+        results = []
+        for request in group.rows:
+            row = returned.get(request.conversation_id)
+            if row is None:
+                results.append(
+                    RowResult(
+                        request.row, request.conversation_id, Outcome.NOT_FOUND,
+                        change=request.change, http_status=http_status, attempts=attempts,
+                    )
+                )
+                continue
+            values = returned_values(row)
+            results.append(
+                RowResult(
+                    request.row, request.conversation_id, Outcome.UPDATED, change=request.change,
+                    http_status=http_status, attempts=attempts, returned=values,
+                    difference=_difference(request, values),
+                )
+            )
+        return results
+
+
+def _difference(request: RowRequest, returned: dict[str, str | None]) -> str | None:
+    """The fields whose returned value is not the target, e.g. "status: closed -> open"."""
+    differences = []
+    for name, target in request.change.values:
+        if name not in returned:
+            differences.append(f"{name}: not returned")
+        elif _normalised(returned[name]) != _normalised(target):
+            differences.append(f"{name}: {_cell(target)} -> {_cell(returned[name])}")
+    return "; ".join(differences) or None
+
+
+def _normalised(value: str | None) -> str | None:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _cell(value: str | None) -> str:
+    return "null" if value is None else value
+
+
+def _details(error: RemoteError) -> dict[str, Any]:
+    return {
+        "http_status": error.http_status,
+        "error_code": error.code,
+        "error_message": str(error),
+    }
+
