@@ -3,20 +3,181 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
 
 from pipeline import __version__
-from pipeline.errors import MateoBulkError
+from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS
+from pipeline.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
+from pipeline.runner import RunSettings, RunSummary, run
+from pipeline.validate import parse_fixed_values
+
+TOKEN_VARIABLE = "MATEO_API_TOKEN"
+BASE_URL_VARIABLE = "MATEO_BASE_URL"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mateo-bulk: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low:g}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float | None:
+    if text.strip().lower() == "unlimited":
+        return None
+    value = _number(float, 0)(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 (or 'unlimited')")
+    return float(value)
+
+
+def _assignment(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like FIELD=VALUE")
+    return text
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
+    )
+    source = parser.add_argument_group("API")
+    source.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"read the API token from this file (default: the {TOKEN_VARIABLE} variable)",
+    )
+    source.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help=f"the API's base URL (default {DEFAULT_BASE_URL}, or {BASE_URL_VARIABLE}); "
+        "plain http:// only for loopback hosts",
+    )
+    source.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run against the bundled sandbox, started on a free loopback port with Mateo's "
+        "limits and sample_data/ (no token needed)",
+    )
+    columns = parser.add_argument_group("columns and values")
+    columns.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN",
+        action="append",
+        default=[],
+        type=_assignment,
+        help="read FIELD (conversation_id, inbox_id, assignee_id, status) from COLUMN",
+    )
+    columns.add_argument(
+        "--set",
+        metavar="FIELD=VALUE",
+        action="append",
+        default=[],
+        type=_assignment,
+        help="set FIELD to VALUE on every row, over the file's column (e.g. status=closed)",
+    )
+    columns.add_argument(
+        "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)"
+    )
+    columns.add_argument("--strict", action="store_true", help="send nothing if any row is invalid")
+    sending = parser.add_argument_group("sending")
+    sending.add_argument(
+        "--rate",
+        type=_rate,
+        default=2.0,
+        metavar="RPS",
+        help="requests per second, or 'unlimited' (default 2: Mateo allows 2/s, 10,000/day)",
+    )
+    sending.add_argument(
+        "--concurrency",
+        type=_number(int, 1),
+        default=4,
+        metavar="N",
+        help="requests in flight at most (default 4)",
+    )
+    sending.add_argument(
+        "--batch-size",
+        type=_number(int, 1),
+        default=50,
+        metavar="N",
+        help="ids per grouped PATCH, at most 100 (default 50; 1 = one request per row)",
+    )
+    sending.add_argument(
+        "--max-attempts",
+        type=_number(int, 1),
+        default=5,
+        metavar="N",
+        help="attempts per request on 429, 5xx, timeouts and connection errors (default 5)",
+    )
+    sending.add_argument(
+        "--timeout",
+        type=_number(float, 0.001),
+        default=10.0,
+        metavar="S",
+        help="seconds per request (default 10; Mateo cuts requests off at 2 s)",
+    )
+    sending.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="aiohttp",
+        help="HTTP connection pool (default aiohttp; see bench/ for why)",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--dry-run", action="store_true", help="validate and write the report; send nothing"
+    )
+    output.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the run's files go (default runs/<UTC time>-<input name>/)",
+    )
+    output.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        help="report file, .csv, .parquet or .jsonl (default <run dir>/report.csv)",
+    )
+    output.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mateo-bulk",
         description="Change thousands of Mateo conversations at once, safely.",
     )
     parser.add_argument("--version", action="version", version=f"mateo-bulk {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run_parser = commands.add_parser(
+        "run",
+        help="apply the rows of a CSV or Parquet file to Mateo and write a per-row report",
+        description="Apply the rows of a CSV or Parquet file to Mateo; write a per-row report.",
+    )
+    _add_run_arguments(run_parser)
+    run_parser.set_defaults(handler=_run_command)
 
     from pipeline.sandbox import command as sandbox_command
 
@@ -26,6 +187,111 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_command.configure_parser(sandbox_parser)
     sandbox_parser.set_defaults(handler=sandbox_command.run_command)
     return parser
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            mode = path.stat().st_mode
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise InputError(f"--token-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(
+                f"--token-file {path}: cannot read it ({type(error).__name__})"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(
+                f"mateo-bulk: warning: {path} is readable by other users; chmod 600 it",
+                file=sys.stderr,
+            )
+        if not token:
+            raise InputError(f"--token-file {path} is empty")
+        return token
+    return os.environ.get(TOKEN_VARIABLE, "").strip()
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    column_map = {}
+    for assignment in args.map:
+        field, _, column = assignment.partition("=")
+        column_map[field.strip()] = column.strip()
+    return RunSettings(
+        input=args.input,
+        token="" if args.sandbox or args.dry_run else _read_token(args),
+        base_url=args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL,
+        column_map=column_map,
+        fixed_values=parse_fixed_values(args.set),
+        rate=args.rate,
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        dry_run=args.dry_run,
+        run_dir=args.run_dir,
+        report=args.report,
+        delimiter=args.delimiter,
+        transport=args.transport,
+    )
+
+
+@contextmanager
+def _progress_display(quiet: bool) -> Iterator[Callable[..., None] | None]:
+    if quiet:
+        yield None
+        return
+    from pipeline.progress import LiveProgress, PlainProgress
+
+    display = LiveProgress() if sys.stderr.isatty() else PlainProgress()
+    try:
+        yield display
+    finally:
+        display.close()
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.sandbox and not args.dry_run:
+        from pipeline.sandbox import mateo_limits_sandbox
+
+        with mateo_limits_sandbox() as sandbox:
+            print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
+            settings = dataclasses.replace(
+                settings, base_url=sandbox.base_url, token=sandbox.token
+            )
+            summary = _run_with_display(settings, args.quiet)
+    else:
+        summary = _run_with_display(settings, args.quiet)
+    _print_summary(summary)
+    return summary.exit_code
+
+
+def _run_with_display(settings: RunSettings, quiet: bool) -> RunSummary:
+    with _progress_display(quiet) as display:
+        return run(settings, on_progress=display)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    from pipeline.progress import summary_text
+
+    print(summary_text(summary))
+    stop = summary.stopped
+    if stop is None:
+        return
+    if isinstance(stop, AuthError):
+        advice = (
+            f"the API answered {stop.http_status}: {stop}. Set {TOKEN_VARIABLE} or "
+            "--token-file to a valid token and run again"
+        )
+    elif isinstance(stop, SafetyError):
+        advice = str(stop)
+    elif isinstance(stop, RunStopped):
+        advice = f"{stop}; rows not attempted are reported as skipped"
+    else:
+        advice = str(stop)
+    print(f"mateo-bulk: stopped early: {advice}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

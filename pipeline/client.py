@@ -75,7 +75,9 @@ def make_transport(kind: str, max_connections: int) -> httpx.AsyncBaseTransport:
     With the pool as large as the number of workers, no request ever waits for a connection,
     so httpx's PoolTimeout cannot happen and a pool wait never counts against a row's attempts.
     """
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
     if kind == "aiohttp":
         # httpx's API over aiohttp's connection pool: httpcore's pool re-scans every connection
         # on each request and slows sharply past ~24 in flight (see bench/ for the figures).
@@ -151,7 +153,9 @@ class MateoClient:
         except TimeoutError:
             raise TransientError(f"no complete answer within {self._timeout:g} s") from None
         except httpx.TimeoutException as error:
-            raise TransientError(self._redact(f"timed out: {error or type(error).__name__}")) from None
+            raise TransientError(
+                self._redact(f"timed out: {error or type(error).__name__}")
+            ) from None
         except httpx.TransportError as error:
             reason = str(error) or type(error).__name__
             raise TransientError(self._redact(f"connection problem: {reason}")) from None

@@ -9,6 +9,7 @@ too many rows are buffered, or when the input ends, so grouping never holds rows
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -77,17 +78,20 @@ class Grouper:
                 with anyio.move_on_after(timeout):
                     await self._receive()
 
-    async def remaining_rows(self) -> list[RowRequest]:
-        """Every row not yet handed out, buffered or still to come (the run is stopping)."""
-        async with self._lock:
-            while not self._exhausted:
-                await self._receive()
-            rows = [row for group in self._ready for row in group.rows]
-            rows += [row for pending in self._pending.values() for row in pending]
-            self._ready.clear()
-            self._pending.clear()
-            self._buffered = 0
-            return sorted(rows, key=lambda row: row.row)
+    async def drain(self, handle: Callable[[list[RowRequest]], Awaitable[None]]) -> None:
+        """Hand every row not yet sent to `handle`, buffered or still to come (the run stopped)."""
+        buffered = [row for group in self._ready for row in group.rows]
+        buffered += [row for pending in self._pending.values() for row in pending]
+        self._ready.clear()
+        self._pending.clear()
+        self._buffered = 0
+        if buffered:
+            await handle(buffered)
+        while not self._exhausted:
+            try:
+                await handle(await self._rows.receive())
+            except anyio.EndOfStream:
+                self._exhausted = True
 
     async def _receive(self) -> None:
         try:

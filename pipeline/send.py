@@ -34,6 +34,8 @@ class RunControl:
     requests: int = 0
     retries: int = 0
     notices: list[str] = field(default_factory=list)
+    #: A second signal asked to stop at once: in-flight work was cancelled.
+    aborted: bool = False
 
     @property
     def stopping(self) -> bool:
@@ -50,9 +52,7 @@ class RunControl:
             self.notices.append(message)
 
 
-def row_results(
-    rows: Iterable[RowRequest], outcome: Outcome, **details: Any
-) -> list[RowResult]:
+def row_results(rows: Iterable[RowRequest], outcome: Outcome, **details: Any) -> list[RowResult]:
     return [
         RowResult(row.row, row.conversation_id, outcome, change=row.change, **details)
         for row in rows
@@ -95,7 +95,10 @@ class Sender:
         except AuthError as error:
             self._control.stop(error)
             return row_results(
-                group.rows, Outcome.SKIPPED, http_status=error.http_status, attempts=attempts,
+                group.rows,
+                Outcome.SKIPPED,
+                http_status=error.http_status,
+                attempts=attempts,
                 error_message=str(error),
             )
         except PermanentError as error:
@@ -112,16 +115,25 @@ class Sender:
                 self._control.stop(error)
                 rows = None
             except RemoteError as error:
-                message = f"the PATCH was answered {answer.http_status} with no rows, and " \
+                message = (
+                    f"the PATCH was answered {answer.http_status} with no rows, and "
                     f"reading them back failed: {error}"
+                )
                 return row_results(
-                    group.rows, Outcome.FAILED, http_status=answer.http_status,
-                    attempts=attempts, error_code=error.code, error_message=message,
+                    group.rows,
+                    Outcome.FAILED,
+                    http_status=answer.http_status,
+                    attempts=attempts,
+                    error_code=error.code,
+                    error_message=message,
                 )
             if rows is None:
                 return row_results(
-                    group.rows, Outcome.SKIPPED, http_status=answer.http_status,
-                    attempts=attempts, error_message="the run stopped before the read-back",
+                    group.rows,
+                    Outcome.SKIPPED,
+                    http_status=answer.http_status,
+                    attempts=attempts,
+                    error_message="the run stopped before the read-back",
                 )
         return self._classify(group, rows, answer.http_status, attempts)
 
@@ -138,9 +150,7 @@ class Sender:
         elif error.http_status == 429:
             self._pacer.hold(_DEFAULT_429_HOLD_SECONDS)
 
-    async def _refused(
-        self, group: Group, error: PermanentError, attempts: int
-    ) -> list[RowResult]:
+    async def _refused(self, group: Group, error: PermanentError, attempts: int) -> list[RowResult]:
         if len(group) > 1 and error.http_status == 414:
             # The URL was too long for a proxy: halve the group, and the batch size with it.
             self._grouper.batch_size = max(1, min(self._grouper.batch_size, len(group) // 2))
@@ -164,9 +174,7 @@ class Sender:
             return await self._send_parts(group.split(1))
         if len(group) == 1 and error.http_status == 406:
             # A single-object answer for a single id fails with 406 when no row matched.
-            return row_results(
-                group.rows, Outcome.NOT_FOUND, attempts=attempts, **_details(error)
-            )
+            return row_results(group.rows, Outcome.NOT_FOUND, attempts=attempts, **_details(error))
         return row_results(group.rows, Outcome.REJECTED, attempts=attempts, **_details(error))
 
     async def _send_parts(self, parts: list[Group]) -> list[RowResult]:
@@ -220,16 +228,25 @@ class Sender:
             if row is None:
                 results.append(
                     RowResult(
-                        request.row, request.conversation_id, Outcome.NOT_FOUND,
-                        change=request.change, http_status=http_status, attempts=attempts,
+                        request.row,
+                        request.conversation_id,
+                        Outcome.NOT_FOUND,
+                        change=request.change,
+                        http_status=http_status,
+                        attempts=attempts,
                     )
                 )
                 continue
             values = returned_values(row)
             results.append(
                 RowResult(
-                    request.row, request.conversation_id, Outcome.UPDATED, change=request.change,
-                    http_status=http_status, attempts=attempts, returned=values,
+                    request.row,
+                    request.conversation_id,
+                    Outcome.UPDATED,
+                    change=request.change,
+                    http_status=http_status,
+                    attempts=attempts,
+                    returned=values,
                     difference=_difference(request, values),
                 )
             )
@@ -261,4 +278,3 @@ def _details(error: RemoteError) -> dict[str, Any]:
         "error_code": error.code,
         "error_message": str(error),
     }
-
