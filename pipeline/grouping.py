@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.models import Change, ConversationIds, RowRequest
 
@@ -44,7 +44,7 @@ class Grouper:
 
     def __init__(
         self,
-        rows: ObjectReceiveStream[list[RowRequest]],
+        rows: MemoryObjectReceiveStream[list[RowRequest]],
         *,
         batch_size: int,
         max_wait: float = 0.5,
@@ -92,12 +92,14 @@ class Grouper:
                 await handle(await self._rows.receive())
             except anyio.EndOfStream:
                 self._exhausted = True
+                self._rows.close()
 
     async def _receive(self) -> None:
         try:
             chunk = await self._rows.receive()
         except anyio.EndOfStream:
             self._exhausted = True
+            self._rows.close()
             return
         for row in chunk:
             pending = self._pending.setdefault(row.change, [])

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import anyio
 import httpx
-from anyio.abc import CancelScope, ObjectSendStream, TaskGroup
+from anyio import CancelScope
+from anyio.abc import ObjectSendStream, TaskGroup
 
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, MateoClient, check_base_url
 from pipeline.errors import InputError, Interrupted, MateoBulkError
@@ -189,6 +190,9 @@ def _validate_all(input_file: InputFile, fixed: Mapping[str, str | None]) -> _Va
                 conflicting.setdefault(key, previous & _MASK_32)
             else:
                 followers_of.setdefault(previous & _MASK_32, []).append(checked.row)
+    for first_row in conflicting.values():
+        # Rows of a conflicting conversation are all invalid: none is sent, none follows.
+        followers_of.pop(first_row, None)
     follower_rows = frozenset(row for rows in followers_of.values() for row in rows)
     return _Validation(
         total, invalid, first_invalid, _Duplicates(conflicting, followers_of, follower_rows)
@@ -221,8 +225,8 @@ def _sort_chunk(
                     checked.conversation_id,
                     Outcome.INVALID,
                     change=checked.change,
-                    error_message=f"the conversation is listed more than once with different "
-                    f"targets (first in row {first}); fix the file so each has one target",
+                    error_message="the conversation is listed more than once with different "
+                    f"targets (first in row {first}); give each conversation one target",
                 )
             )
         elif checked.row not in duplicates.follower_rows:
@@ -282,9 +286,12 @@ async def run_async(
         validation = await anyio.to_thread.run_sync(
             _validate_all, input_file, settings.fixed_values
         )
-        if settings.strict and validation.invalid_rows:
+        if settings.strict and (validation.invalid_rows or validation.duplicates.conflicting):
             first = validation.first_invalid
             detail = f" (first: row {first.row}: {first.reason})" if first else ""
+            conflicts = len(validation.duplicates.conflicting)
+            if conflicts:
+                detail += f"; {conflicts} conversations are listed with different targets"
             raise InputError(
                 f"{validation.invalid_rows} of {validation.total_rows} rows are invalid"
                 f"{detail}; nothing was sent (--strict)"

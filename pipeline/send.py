@@ -207,12 +207,12 @@ class Sender:
         returned: dict[str, dict[str, Any]] = {}
         unexpected: set[str] = set()
         requested = set(group.ids.ids)
-        for row in rows:
-            row_id = returned_id(row)
+        for answered in rows:
+            row_id = returned_id(answered)
             if row_id is None or row_id not in requested:
-                unexpected.add(str(row.get("id")))
+                unexpected.add(str(answered.get("id")))
             else:
-                returned[row_id] = row
+                returned[row_id] = answered
         if unexpected:
             self._control.stop(
                 SafetyError(
