@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -19,7 +20,13 @@ from typing import Any
 import anyio
 import httpx
 
-from pipeline.errors import AuthError, InputError, PermanentError, TransientError
+from pipeline.errors import (
+    AuthError,
+    ConnectionSetupError,
+    InputError,
+    PermanentError,
+    TransientError,
+)
 from pipeline.models import FIELDS, Change, ConversationIds, normalise_uuid
 
 DEFAULT_BASE_URL = "https://integration.getmateo.com/api/v1"
@@ -158,6 +165,11 @@ class MateoClient:
             ) from None
         except httpx.TransportError as error:
             reason = str(error) or type(error).__name__
+            if _is_tls_failure(error):
+                # Never fall back to http: the token would travel in clear text.
+                raise ConnectionSetupError(
+                    self._redact(f"the TLS connection to the API failed: {reason}")
+                ) from None
             raise TransientError(self._redact(f"connection problem: {reason}")) from None
         return self._interpret(method, response, body)
 
@@ -195,10 +207,19 @@ class MateoClient:
         return text.replace(self._token, "***") if self._token else text
 
 
+def _is_tls_failure(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _read_capped(response: httpx.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise TransientError(

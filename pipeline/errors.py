@@ -33,6 +33,10 @@ class AuthError(RunStopped):
         self.http_status = http_status
 
 
+class ConnectionSetupError(RunStopped):
+    """A secure connection to the API could not be set up (TLS): no request can succeed."""
+
+
 class Interrupted(RunStopped):
     """The user or the system asked the run to stop (SIGINT, SIGTERM)."""
 

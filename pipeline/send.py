@@ -8,10 +8,10 @@ from typing import Any
 
 from pipeline.client import MateoClient, returned_id, returned_values
 from pipeline.errors import (
-    AuthError,
     MateoBulkError,
     PermanentError,
     RemoteError,
+    RunStopped,
     SafetyError,
     TransientError,
 )
@@ -92,12 +92,12 @@ class Sender:
 
         try:
             answer = await self._retried(patch)
-        except AuthError as error:
+        except RunStopped as error:
             self._control.stop(error)
             return row_results(
                 group.rows,
                 Outcome.SKIPPED,
-                http_status=error.http_status,
+                http_status=getattr(error, "http_status", None),
                 attempts=attempts,
                 error_message=str(error),
             )
@@ -111,7 +111,7 @@ class Sender:
             # A 204 names no rows: read the group back rather than assume what happened.
             try:
                 rows = await self._read_back(group.ids)
-            except AuthError as error:
+            except RunStopped as error:
                 self._control.stop(error)
                 rows = None
             except RemoteError as error:
