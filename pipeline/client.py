@@ -40,12 +40,17 @@ TRANSPORTS = ("aiohttp", "httpx")
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A successful answer: the rows the server named, or None when it named none (204)."""
+    """A successful answer and what it tells about which rows changed."""
 
     http_status: int
+    #: Every row the request changed, or None when the answer does not tell (204, no body, or
+    #: a single object for a request of several ids): then the caller must read them back.
     rows: list[dict[str, Any]] | None
     #: Rows counted by a `Content-Range` header, when the server sent one.
     content_range_count: int | None = None
+    #: Every row the server named, complete or not; all must be rows we asked for.
+    named: tuple[dict[str, Any], ...] = ()
+    single_object: bool = False
 
 
 def check_base_url(base_url: str) -> str:
@@ -136,7 +141,12 @@ class MateoClient:
         # plain PostgREST (Prefer) or Mateo's docs (select).
         headers = {"Prefer": "return=representation", "Content-Type": "application/json"}
         content = json.dumps(change.body()).encode()
-        return await self._send("PATCH", url, headers=headers, content=content)
+        answer = await self._send("PATCH", url, headers=headers, content=content)
+        if answer.rows is not None and answer.single_object and len(ids) > 1:
+            # Mateo documents "the updated Conversation object": a proxy that answers one
+            # object for a request of many names one row at most, so the rest are unknown.
+            return Answer(answer.http_status, None, answer.content_range_count, answer.named)
+        return answer
 
     async def read(self, ids: ConversationIds) -> list[dict[str, Any]]:
         """GET the current values of `ids` (at most 50 per call, the API's page size)."""
@@ -176,7 +186,10 @@ class MateoClient:
     def _interpret(self, method: str, response: httpx.Response, body: bytes) -> Answer:
         status = response.status_code
         if status in (200, 201, 206):
-            return Answer(status, _rows_from_body(body), _content_range_count(response))
+            rows, single_object = _rows_from_body(body)
+            return Answer(
+                status, rows, _content_range_count(response), tuple(rows or ()), single_object
+            )
         if status == 204:
             return Answer(status, None, _content_range_count(response))
         code, message = _error_details(body)
@@ -230,21 +243,27 @@ async def _read_capped(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-def _rows_from_body(body: bytes) -> list[dict[str, Any]] | None:
-    """The rows an answer names: an array of objects, or one object (Mateo's docs)."""
+def _rows_from_body(body: bytes) -> tuple[list[dict[str, Any]] | None, bool]:
+    """The rows an answer names, and whether it was a bare object (Mateo's docs) not an array.
+
+    An empty body or JSON null names no rows: (None, False).
+    """
     if not body.strip():
-        return None
+        return None, False
     try:
         data = json.loads(body)
     except ValueError:
         raise TransientError("the answer is not JSON") from None
-    if isinstance(data, dict):
+    if data is None:
+        return None, False
+    single_object = isinstance(data, dict)
+    if single_object:
         data = [data]
     if not isinstance(data, list) or not all(
         isinstance(row, dict) and isinstance(row.get("id"), str) for row in data
     ):
         raise TransientError("the answer is not a list of conversations")
-    return data
+    return data, single_object
 
 
 def _content_range_count(response: httpx.Response) -> int | None:

@@ -106,9 +106,10 @@ class Sender:
         except TransientError as error:
             return row_results(group.rows, Outcome.FAILED, attempts=attempts, **_details(error))
 
+        self._check_named(group, answer.named)
         rows = answer.rows
         if rows is None:
-            # A 204 names no rows: read the group back rather than assume what happened.
+            # The answer does not say which rows changed: read them back, never assume.
             try:
                 rows = await self._read_back(group.ids)
             except RunStopped as error:
@@ -201,9 +202,10 @@ class Sender:
             rows += await self._retried(read)
         return rows
 
-    def _classify(
-        self, group: Group, rows: list[dict[str, Any]], http_status: int, attempts: int
-    ) -> list[RowResult]:
+    def _check_named(
+        self, group: Group, rows: Iterable[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """The named rows by id; any row we did not ask for stops the run (SafetyError)."""
         returned: dict[str, dict[str, Any]] = {}
         unexpected: set[str] = set()
         requested = set(group.ids.ids)
@@ -222,6 +224,12 @@ class Sender:
                     unexpected_ids=frozenset(unexpected),
                 )
             )
+        return returned
+
+    def _classify(
+        self, group: Group, rows: list[dict[str, Any]], http_status: int, attempts: int
+    ) -> list[RowResult]:
+        returned = self._check_named(group, rows)
         results = []
         for request in group.rows:
             row = returned.get(request.conversation_id)
