@@ -1,0 +1,617 @@
+"""The ASGI app: Mateo's `/api/v1/conversation` as PostgREST behind a proxy, plus `/_sandbox/`.
+
+A raw ASGI callable rather than a framework: the sandbox must never be the bottleneck when the
+pipeline is measured against it. The order of checks follows the layers of the real stack:
+nginx (URL length), the gateway (quota, rate, API key, faults, cut-off), then PostgREST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pipeline.sandbox import schema
+from pipeline.sandbox.config import SandboxConfig
+from pipeline.sandbox.errors import ApiError, gateway_page
+from pipeline.sandbox.query import has_id_guard, parse_query, project, sort_rows
+from pipeline.sandbox.state import SandboxState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Header = tuple[bytes, bytes]
+
+API_PREFIX = "/api/v1/"
+RESOURCE = "/api/v1/conversation"
+OBJECT_MEDIA_TYPE = "application/vnd.pgrst.object+json"
+_JSON = b"application/json; charset=utf-8"
+_HTML = b"text/html"
+_DROP_MESSAGE = "ASGI callable returned without completing response."
+
+
+class _Response:
+    __slots__ = ("status", "headers", "body", "ids_updated")
+
+    def __init__(self, status: int, headers: list[Header], body: bytes | None,
+                 ids_updated: list[str] | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.ids_updated = ids_updated or []
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class _QuietDroppedConnections(logging.Filter):
+    """The dropped-connection fault is on purpose: keep uvicorn from logging it as a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _DROP_MESSAGE
+
+
+_quiet_filter = _QuietDroppedConnections()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SandboxApp:
+    """The sandbox's ASGI callable; `configure()` changes its switches while it serves."""
+
+    def __init__(self, config: SandboxConfig, state: SandboxState) -> None:
+        self.config = config
+        self.state = state
+        self._rng = random.Random(config.fault_seed)
+        self._stopping: asyncio.Event | None = None
+        state.configure_limits(config)
+        state.set_redaction(config.token)
+        logging.getLogger("uvicorn.error").addFilter(_quiet_filter)
+
+    # --- switches ------------------------------------------------------------------------
+
+    def configure(self, **changes: Any) -> SandboxConfig:
+        """Replace some switches; a new fault_seed restarts the random draws."""
+        self.set_config(self.config.replace(**changes))
+        return self.config
+
+    def set_config(self, config: SandboxConfig) -> None:
+        previous = self.config
+        self.config = config
+        if config.fault_seed != previous.fault_seed:
+            self._rng = random.Random(config.fault_seed)
+        self.state.configure_limits(config)
+        self.state.set_redaction(config.token)
+
+    def restart_faults(self) -> None:
+        """Draw faults from the start of the seeded sequence again."""
+        self._rng = random.Random(self.config.fault_seed)
+
+    def stop_sleeping(self) -> None:
+        """Cut every added delay short (server shutdown); call from the server's loop."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        self._stopping.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        if self._stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # --- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith("/api/"):
+                await self._api(scope, receive, send)
+            elif path.startswith("/_sandbox/"):
+                await self._introspect(scope, receive, send)
+            else:
+                await _send(send, 404, [(b"content-type", _JSON)],
+                            _dumps({"error": f"no such path: {path}; the API is under /api/v1/"}))
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        config = self.config
+        state = self.state
+        arrived = state.clock()
+        method = scope["method"]
+        query_string: bytes = scope["query_string"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target_length = len(raw_path) + (len(query_string) + 1 if query_string else 0)
+        state.record_arrival(method, arrived)
+        fault: str | None = None
+        dropped = False
+        response = _Response(500, [], None)
+        try:
+            if config.max_url_length is not None and target_length > config.max_url_length:
+                # nginx refuses the request line before the gateway ever counts it.
+                response = _Response(414, [(b"content-type", _HTML)], gateway_page(414))
+            else:
+                response, fault = await self._gateway(scope, receive, config, arrived, method)
+                if fault == "drop":
+                    dropped = True
+                    await _send_partial(send, response)
+                    return
+        except _Disconnected:
+            response = _Response(499, [], None)
+            return
+        finally:
+            state.record_answer(response.status)
+            if state.logging_requests:
+                target = scope["path"] + ("?" + query_string.decode("latin-1")
+                                          if query_string else "")
+                state.log_request(method=method, target=target, status=response.status,
+                                  ids_updated=response.ids_updated,
+                                  duration=state.clock() - arrived,
+                                  fault=fault if not dropped else "drop")
+        await _send(send, response.status, response.headers, response.body)
+
+    async def _gateway(self, scope: Scope, receive: Receive, config: SandboxConfig,
+                       arrived: float, method: str) -> tuple[_Response, str | None]:
+        state = self.state
+        style = config.error_body
+        refusal = state.admit(arrived)
+        limit_headers = state.limit_headers(config, arrived)
+        if refusal is not None:
+            headers = list(limit_headers)
+            if config.retry_after_header:
+                headers.append((b"retry-after", str(refusal.retry_after).encode()))
+            error = ApiError(429, "RATE_LIMITED", f"Too many requests: {refusal.reason}",
+                             hint=f"Retry after {refusal.retry_after} second(s).")
+            return _error_response(error, style, headers), None
+        headers_in = scope["headers"]
+        authorization = _header(headers_in, b"authorization")
+        auth_error = _check_token(authorization, config.token)
+        if auth_error is not None:
+            return _error_response(auth_error, style, limit_headers), None
+        body = await _read_body(receive) if method in ("PATCH", "POST", "PUT") else b""
+
+        fault, delay = self._draw_faults(config)
+        if fault is not None:
+            state.record_fault(fault)
+        if fault in ("500", "502", "503"):
+            await self._sleep(min(delay, config.cutoff_seconds or delay))
+            return _fault_response(fault, config, limit_headers), fault
+        if config.cutoff_seconds is not None and delay > config.cutoff_seconds:
+            await self._sleep(config.cutoff_seconds)
+            if config.cutoff_commits:
+                self._handle(scope, method, body, config)
+            state.record_fault("cutoff")
+            return _cutoff_response(config, limit_headers), "cutoff"
+        await self._sleep(delay)
+        response = self._handle(scope, method, body, config)
+        response.headers.extend(limit_headers)
+        if fault == "applied_503":
+            answer = _fault_response("503", config, limit_headers)
+            answer.ids_updated = response.ids_updated
+            return answer, fault
+        return response, fault
+
+    def _draw_faults(self, config: SandboxConfig) -> tuple[str | None, float]:
+        """One seeded draw per kind of fault, so a run with the same seed fails the same way."""
+        rng = self._rng
+        fault: str | None = None
+        exclusive = (
+            ("500", config.fault_500),
+            ("502", config.fault_502),
+            ("503", config.fault_503),
+            ("drop", config.fault_drop),
+            ("applied_503", config.fault_applied_503),
+        )
+        if any(probability for _, probability in exclusive):
+            roll = rng.random()
+            for kind, probability in exclusive:
+                if roll < probability:
+                    fault = kind
+                    break
+                roll -= probability
+        delay = 0.0
+        if config.latency_ms > 0:
+            mean = config.latency_ms / 1000
+            if config.latency_distribution == "fixed":
+                delay = mean
+            elif config.latency_distribution == "uniform":
+                delay = rng.uniform(0, 2 * mean)
+            else:
+                delay = rng.expovariate(1 / mean)
+        if config.fault_slow > 0 and rng.random() < config.fault_slow:
+            delay += config.slow_seconds
+            if fault is None:
+                fault = "slow"
+        return fault, delay
+
+    def _handle(self, scope: Scope, method: str, body: bytes, config: SandboxConfig) -> _Response:
+        """PostgREST's part: everything after the gateway let the request through."""
+        style = config.error_body
+        path = scope["path"]
+        if path != RESOURCE and path != RESOURCE + "/":
+            name = path[len(API_PREFIX):] if path.startswith(API_PREFIX) else path
+            return _error_response(ApiError(
+                404, "PGRST205", f"Could not find the table 'public.{name}' in the schema cache"),
+                style)
+        try:
+            if method == "PATCH":
+                return self._patch(scope, body, config)
+            if method in ("GET", "HEAD"):
+                response = self._get(scope, config)
+                if method == "HEAD":
+                    response.body = None
+                return response
+            raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {method}",
+                           hint="The sandbox serves GET and PATCH on /api/v1/conversation.")
+        except ApiError as error:
+            return _error_response(error, style)
+
+    # --- PATCH ---------------------------------------------------------------------------
+
+    def _patch(self, scope: Scope, body: bytes, config: SandboxConfig) -> _Response:
+        state = self.state
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        if not has_id_guard(pairs):
+            state.record_safety_violation()
+            raise ApiError(400, "21000", "UPDATE requires a WHERE clause",
+                           details="A PATCH must select its rows with id=eq.<uuid> or "
+                           "id=in.(<uuid>,...); this one could reach every conversation.",
+                           hint="Filter by id.")
+        query = parse_query(pairs, default_order=False)
+        prefer = _Preferences(scope["headers"], config)
+        single = config.force_single_object or _wants_object(scope["headers"])
+        changes = _parse_changes(body, config)
+        with state.lock:
+            matched = state.match(query) if changes else []
+            if matched:
+                _check_foreign_keys(changes, state.inbox_ids, state.agent_ids)
+            count = len(matched)
+            if single and count != 1:
+                raise ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
+                               details=f"The result contains {count} rows")
+            if prefer.max_affected is not None and count > prefer.max_affected:
+                raise ApiError(400, "PGRST124",
+                               "Query result exceeds max-affected preference constraint",
+                               details=f"The query affects {count} rows")
+            updated = state.update(matched, changes)
+            ids = [row["id"] for row in updated]
+            wants_body = prefer.representation or (config.select_returns_body and query.has_select)
+            shaped = [project(row, query.select) for row in updated] if wants_body else []
+        if count == 0 and config.zero_match_404:
+            raise ApiError(404, "PGRST116", "No conversation matched the filters",
+                           details="The result contains 0 rows")
+        headers = prefer.applied_headers()
+        if not config.drop_content_range:
+            total = str(count) if prefer.count_exact else "*"
+            span = f"0-{count - 1}/{total}" if count else f"*/{total}"
+            headers.append((b"content-range", span.encode()))
+        if not wants_body:
+            return _Response(204, headers, None, ids)
+        payload: Any
+        if single:
+            payload = shaped[0]
+        elif config.object_response == "one" and count == 1:
+            payload = shaped[0]
+        elif config.object_response == "first":
+            payload = shaped[0] if shaped else None
+        else:
+            payload = shaped
+        content_type = (OBJECT_MEDIA_TYPE.encode() + b"; charset=utf-8"
+                        if single and not config.force_single_object else _JSON)
+        headers.append((b"content-type", content_type))
+        return _Response(200, headers, _dumps(payload), ids)
+
+    # --- GET -----------------------------------------------------------------------------
+
+    def _get(self, scope: Scope, config: SandboxConfig) -> _Response:
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = parse_query(pairs)
+        prefer = _Preferences(scope["headers"], config)
+        single = config.force_single_object or _wants_object(scope["headers"])
+        start = query.offset
+        stop = start + query.limit if query.limit is not None else None
+        requested_range = _header(scope["headers"], b"range")
+        if requested_range is not None:
+            range_start, range_stop = _parse_range(requested_range)
+            start = max(start, range_start)
+            if range_stop is not None:
+                stop = range_stop if stop is None else min(stop, range_stop)
+        if stop is None or stop - start > config.max_rows:
+            stop = start + config.max_rows
+        stop = max(stop, start)
+        with self.state.lock:
+            matched = self.state.match(query)
+            total = len(matched)
+            ordered = sort_rows(matched, query.order) if query.order != (("id", False, False),) \
+                else matched
+            page = [project(row, query.select) for row in ordered[start:stop]]
+        if single and len(page) != 1:
+            raise ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
+                           details=f"The result contains {len(page)} rows")
+        total_text = str(total) if prefer.count_exact else "*"
+        if prefer.count_exact and start > 0 and start >= total:
+            raise ApiError(416, "PGRST103", "Requested range not satisfiable",
+                           details=f"An offset of {start} was requested, but there are only "
+                           f"{total} rows.")
+        headers = prefer.applied_headers()
+        if not config.drop_content_range:
+            span = f"{start}-{start + len(page) - 1}/{total_text}" if page else f"*/{total_text}"
+            headers.append((b"content-range", span.encode()))
+        status = 200
+        if prefer.count_exact and page and (start != 0 or start + len(page) < total):
+            status = 206
+        if single:
+            content_type = OBJECT_MEDIA_TYPE.encode() + b"; charset=utf-8"
+            if config.force_single_object:
+                content_type = _JSON
+            headers.append((b"content-type", content_type))
+            return _Response(status, headers, _dumps(page[0]))
+        headers.append((b"content-type", _JSON))
+        return _Response(status, headers, _dumps(page))
+
+    # --- introspection -----------------------------------------------------------------------
+
+    async def _introspect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = (scope["method"], scope["path"].rstrip("/"))
+        state = self.state
+        status = 200
+        payload: Any
+        if route == ("GET", "/_sandbox/rows"):
+            payload = state.rows()
+        elif route == ("GET", "/_sandbox/stats"):
+            payload = state.stats()
+        elif route == ("GET", "/_sandbox/config"):
+            payload = self.config.to_dict()
+        elif route == ("POST", "/_sandbox/config"):
+            try:
+                changes = json.loads(await _read_body(receive) or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("send a JSON object of switch names and values")
+                payload = self.configure(**changes).to_dict()
+            except ValueError as error:
+                status, payload = 400, {"error": str(error)}
+            except _Disconnected:
+                return
+        elif route == ("POST", "/_sandbox/reset-stats"):
+            state.reset_stats()
+            payload = {"ok": True}
+        elif route == ("POST", "/_sandbox/advance-day"):
+            state.advance_day()
+            payload = {"ok": True}
+        else:
+            status, payload = 404, {"error": f"no such sandbox route: {route[0]} {route[1]}"}
+        await _send(send, status, [(b"content-type", _JSON)], _dumps(payload))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class _Preferences:
+    """The Prefer header as PostgREST reads it (or as if absent, when the proxy drops it)."""
+
+    __slots__ = ("representation", "minimal", "count_exact", "strict", "max_affected")
+
+    def __init__(self, headers: list[Header], config: SandboxConfig) -> None:
+        self.representation = False
+        self.minimal = False
+        self.count_exact = False
+        self.strict = False
+        self.max_affected: int | None = None
+        if config.drop_prefer:
+            return
+        tokens = [token.strip() for name, value in headers if name == b"prefer"
+                  for token in value.decode("latin-1").split(",") if token.strip()]
+        invalid = []
+        max_affected: int | None = None
+        for token in tokens:
+            if token == "return=representation":
+                self.representation = True
+            elif token == "return=minimal":
+                self.minimal = True
+            elif token == "count=exact":
+                self.count_exact = True
+            elif token == "handling=strict":
+                self.strict = True
+            elif token.startswith("max-affected=") and token[13:].isdigit():
+                max_affected = int(token[13:])
+            elif token in ("handling=lenient", "return=headers-only", "count=planned",
+                           "count=estimated", "missing=default", "missing=null",
+                           "tx=commit", "tx=rollback"):
+                continue
+            else:
+                invalid.append(token)
+        if self.strict and invalid:
+            raise ApiError(400, "PGRST122", "Invalid preferences given with handling=strict",
+                           details=f"Invalid preferences: {', '.join(invalid)}")
+        if self.strict:
+            # max-affected only binds together with handling=strict (PostgREST >= 12.2).
+            self.max_affected = max_affected
+
+    def applied_headers(self) -> list[Header]:
+        applied = []
+        if self.representation:
+            applied.append("return=representation")
+        elif self.minimal:
+            applied.append("return=minimal")
+        if self.count_exact:
+            applied.append("count=exact")
+        if self.strict:
+            applied.append("handling=strict")
+        if self.max_affected is not None:
+            applied.append(f"max-affected={self.max_affected}")
+        if not applied:
+            return []
+        return [(b"preference-applied", ", ".join(applied).encode())]
+
+
+def _header(headers: list[Header], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _wants_object(headers: list[Header]) -> bool:
+    accept = _header(headers, b"accept")
+    return accept is not None and OBJECT_MEDIA_TYPE.encode() in accept
+
+
+def _check_token(authorization: bytes | None, token: str) -> ApiError | None:
+    hint = "Send the header 'Authorization: Bearer <API key>'."
+    if authorization is None:
+        return ApiError(401, "UNAUTHORIZED", "API key missing", hint=hint)
+    scheme, _, given = authorization.strip().partition(b" ")
+    given = given.strip()
+    if scheme.lower() != b"bearer" or not given:
+        return ApiError(401, "UNAUTHORIZED", "API key missing", hint=hint)
+    if not hmac.compare_digest(given, token.encode()):
+        return ApiError(403, "FORBIDDEN", "API key invalid",
+                        hint="Check the API key in Mateo's settings.")
+    return None
+
+
+def _parse_range(value: bytes) -> tuple[int, int | None]:
+    text = value.decode("latin-1").strip()
+    if text.startswith("items="):
+        text = text[6:]
+    first, dash, last = text.partition("-")
+    if not dash or not first.isdigit() or (last and not last.isdigit()):
+        return 0, None
+    start = int(first)
+    if last and int(last) < start:
+        raise ApiError(416, "PGRST103", "Requested range not satisfiable",
+                       details="The lower boundary must be lower than or equal to the upper "
+                       "boundary in the Range header.")
+    return start, (int(last) + 1 if last else None)
+
+
+def _parse_changes(body: bytes, config: SandboxConfig) -> dict[str, Any]:
+    """The columns a PATCH body sets, checked as PostgREST and PostgreSQL check them."""
+    try:
+        document = json.loads(body) if body.strip() else None
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise ApiError(400, "PGRST102", "Empty or invalid json",
+                       hint="Send a JSON object such as {\"status\": \"closed\"}.")
+    for key in document:
+        if key not in schema.WRITABLE_COLUMNS:
+            raise ApiError(400, "PGRST204",
+                           f"Could not find the '{key}' column of '{schema.TABLE}' in the "
+                           "schema cache")
+    changes: dict[str, Any] = {}
+    if config.default_status_open and "status" not in document:
+        changes["status"] = "open"
+    for key, value in document.items():
+        if value is None:
+            if key in schema.NOT_NULL_COLUMNS:
+                raise ApiError(400, "23502", f'null value in column "{key}" of relation '
+                               f'"{schema.TABLE}" violates not-null constraint')
+            changes[key] = None
+        elif key == "status":
+            changes[key] = schema.parse_enum("status", value if isinstance(value, str)
+                                             else json.dumps(value))
+        elif isinstance(value, str):
+            changes[key] = schema.parse_uuid(value)
+        else:
+            schema.parse_uuid(json.dumps(value))
+    return changes
+
+
+def _check_foreign_keys(changes: dict[str, Any], inboxes: frozenset[str],
+                        agents: frozenset[str]) -> None:
+    for column, known, table in (("inbox_id", inboxes, "inbox"), ("assignee_id", agents, "agent")):
+        value = changes.get(column)
+        if value is not None and value not in known:
+            raise ApiError(
+                409, "23503",
+                f'insert or update on table "{schema.TABLE}" violates foreign key constraint '
+                f'"{schema.TABLE}_{column}_fkey"',
+                details=f'Key ({column})=({value}) is not present in table "{table}".')
+
+
+def _error_response(error: ApiError, style: str, extra: list[Header] | None = None) -> _Response:
+    headers = [(b"content-type", _JSON)]
+    headers.extend(error.headers)
+    if extra:
+        headers.extend(extra)
+    return _Response(error.status, headers, error.body(style))
+
+
+def _fault_response(kind: str, config: SandboxConfig, limit_headers: list[Header]) -> _Response:
+    if kind == "502":
+        return _Response(502, [(b"content-type", _HTML), *limit_headers], gateway_page(502))
+    if kind == "503":
+        error = ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
+                         headers=[(b"retry-after", str(config.fault_503_retry_after).encode())])
+        return _error_response(error, config.error_body, limit_headers)
+    error = ApiError(500, "XX000", "Internal server error (injected fault)")
+    return _error_response(error, config.error_body, limit_headers)
+
+
+def _cutoff_response(config: SandboxConfig, limit_headers: list[Header]) -> _Response:
+    if config.cutoff_body == "html":
+        return _Response(config.cutoff_status, [(b"content-type", _HTML), *limit_headers],
+                         gateway_page(config.cutoff_status))
+    error = ApiError(config.cutoff_status, "57014",
+                     "canceling statement due to statement timeout",
+                     hint=f"Requests are cut off after {config.cutoff_seconds:g} seconds.")
+    return _error_response(error, config.error_body, limit_headers)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, headers: list[Header], body: bytes | None) -> None:
+    if body is not None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body or b""})
+
+
+async def _send_partial(send: Send, response: _Response) -> None:
+    """Start the answer, send part of its body, then give up: the client sees a broken read.
+
+    An answer without a body (204) is sent as a 200 announcing a body it never finishes.
+    """
+    body = response.body
+    status = response.status
+    headers = response.headers
+    if not body or len(body) < 2:
+        status, body = 200, b'[{"id":"' + b" " * 64
+        headers = [h for h in headers if h[0] != b"content-type"]
+        headers.append((b"content-type", _JSON))
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    # Returning now leaves the response incomplete; uvicorn closes the connection.
