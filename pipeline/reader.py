@@ -178,7 +178,7 @@ class InputFile:
                     # Some tools drop trailing empty cells; empty means "leave unchanged".
                     record += [""] * (width - len(record))
                 conversation_id = record[id_index]
-                if not conversation_id and _is_blank(record):
+                if not conversation_id.strip() and _is_blank(record):
                     # Blank lines and rows of empty cells (spreadsheets export trailing ",,,")
                     # ask for nothing; they keep their row number so later rows match the sheet.
                     continue
