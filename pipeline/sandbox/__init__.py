@@ -7,7 +7,14 @@ introspection (`/_sandbox/rows`, `/_sandbox/stats`) let tests prove what the cli
 from pipeline.sandbox.app import SandboxApp
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.data import Dataset, generate_dataset, generate_rows, load_seed
-from pipeline.sandbox.server import Sandbox, create_app, default_dataset, running_sandbox, serve
+from pipeline.sandbox.server import (
+    Sandbox,
+    create_app,
+    default_dataset,
+    mateo_limits_sandbox,
+    running_sandbox,
+    serve,
+)
 from pipeline.sandbox.state import SandboxState
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "generate_dataset",
     "generate_rows",
     "load_seed",
+    "mateo_limits_sandbox",
     "running_sandbox",
     "serve",
 ]

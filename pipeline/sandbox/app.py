@@ -39,8 +39,13 @@ _DROP_MESSAGE = "ASGI callable returned without completing response."
 class _Response:
     __slots__ = ("status", "headers", "body", "ids_updated")
 
-    def __init__(self, status: int, headers: list[Header], body: bytes | None,
-                 ids_updated: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: list[Header],
+        body: bytes | None,
+        ids_updated: list[str] | None = None,
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -72,7 +77,9 @@ class SandboxApp:
         self.config = config
         self.state = state
         self._rng = random.Random(config.fault_seed)
-        self._stopping: asyncio.Event | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._closing = False
+        self._generation = 0
         state.configure_limits(config)
         state.set_redaction(config.token)
         logging.getLogger("uvicorn.error").addFilter(_quiet_filter)
@@ -96,21 +103,28 @@ class SandboxApp:
         """Draw faults from the start of the seeded sequence again."""
         self._rng = random.Random(self.config.fault_seed)
 
-    def stop_sleeping(self) -> None:
-        """Cut every added delay short (server shutdown); call from the server's loop."""
-        if self._stopping is None:
-            self._stopping = asyncio.Event()
-        self._stopping.set()
+    def start_new_generation(self) -> None:
+        """Requests still sleeping when the sandbox is reset must not touch the fresh rows."""
+        self._generation += 1
+
+    def wake_sleepers(self, *, for_good: bool = False) -> None:
+        """Cut every added delay short; with `for_good` (shutdown) add none from now on.
+
+        Call from the server's event loop.
+        """
+        if for_good:
+            self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+        if seconds <= 0 or self._closing:
             return
-        if self._stopping is None:
-            self._stopping = asyncio.Event()
-        if self._stopping.is_set():
-            return
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
         try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
         except TimeoutError:
             pass
 
@@ -125,8 +139,12 @@ class SandboxApp:
             elif path.startswith("/_sandbox/"):
                 await self._introspect(scope, receive, send)
             else:
-                await _send(send, 404, [(b"content-type", _JSON)],
-                            _dumps({"error": f"no such path: {path}; the API is under /api/v1/"}))
+                await _send(
+                    send,
+                    404,
+                    [(b"content-type", _JSON)],
+                    _dumps({"error": f"no such path: {path}; the API is under /api/v1/"}),
+                )
         elif kind == "lifespan":
             while True:
                 message = await receive()
@@ -164,16 +182,22 @@ class SandboxApp:
         finally:
             state.record_answer(response.status)
             if state.logging_requests:
-                target = scope["path"] + ("?" + query_string.decode("latin-1")
-                                          if query_string else "")
-                state.log_request(method=method, target=target, status=response.status,
-                                  ids_updated=response.ids_updated,
-                                  duration=state.clock() - arrived,
-                                  fault=fault if not dropped else "drop")
+                target = scope["path"] + (
+                    "?" + query_string.decode("latin-1") if query_string else ""
+                )
+                state.log_request(
+                    method=method,
+                    target=target,
+                    status=response.status,
+                    ids_updated=response.ids_updated,
+                    duration=state.clock() - arrived,
+                    fault=fault if not dropped else "drop",
+                )
         await _send(send, response.status, response.headers, response.body)
 
-    async def _gateway(self, scope: Scope, receive: Receive, config: SandboxConfig,
-                       arrived: float, method: str) -> tuple[_Response, str | None]:
+    async def _gateway(
+        self, scope: Scope, receive: Receive, config: SandboxConfig, arrived: float, method: str
+    ) -> tuple[_Response, str | None]:
         state = self.state
         style = config.error_body
         refusal = state.admit(arrived)
@@ -182,8 +206,12 @@ class SandboxApp:
             headers = list(limit_headers)
             if config.retry_after_header:
                 headers.append((b"retry-after", str(refusal.retry_after).encode()))
-            error = ApiError(429, "RATE_LIMITED", f"Too many requests: {refusal.reason}",
-                             hint=f"Retry after {refusal.retry_after} second(s).")
+            error = ApiError(
+                429,
+                "RATE_LIMITED",
+                f"Too many requests: {refusal.reason}",
+                hint=f"Retry after {refusal.retry_after} second(s).",
+            )
             return _error_response(error, style, headers), None
         headers_in = scope["headers"]
         authorization = _header(headers_in, b"authorization")
@@ -195,16 +223,21 @@ class SandboxApp:
         fault, delay = self._draw_faults(config)
         if fault is not None:
             state.record_fault(fault)
+        generation = self._generation
         if fault in ("500", "502", "503"):
             await self._sleep(min(delay, config.cutoff_seconds or delay))
             return _fault_response(fault, config, limit_headers), fault
         if config.cutoff_seconds is not None and delay > config.cutoff_seconds:
             await self._sleep(config.cutoff_seconds)
+            if self._generation != generation:
+                return _reset_response(config), "reset"
             if config.cutoff_commits:
                 self._handle(scope, method, body, config)
             state.record_fault("cutoff")
             return _cutoff_response(config, limit_headers), "cutoff"
         await self._sleep(delay)
+        if self._generation != generation:
+            return _reset_response(config), "reset"
         response = self._handle(scope, method, body, config)
         response.headers.extend(limit_headers)
         if fault == "applied_503":
@@ -251,10 +284,13 @@ class SandboxApp:
         style = config.error_body
         path = scope["path"]
         if path != RESOURCE and path != RESOURCE + "/":
-            name = path[len(API_PREFIX):] if path.startswith(API_PREFIX) else path
-            return _error_response(ApiError(
-                404, "PGRST205", f"Could not find the table 'public.{name}' in the schema cache"),
-                style)
+            name = path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else path
+            return _error_response(
+                ApiError(
+                    404, "PGRST205", f"Could not find the table 'public.{name}' in the schema cache"
+                ),
+                style,
+            )
         try:
             if method == "PATCH":
                 return self._patch(scope, body, config)
@@ -263,8 +299,12 @@ class SandboxApp:
                 if method == "HEAD":
                     response.body = None
                 return response
-            raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {method}",
-                           hint="The sandbox serves GET and PATCH on /api/v1/conversation.")
+            raise ApiError(
+                405,
+                "PGRST117",
+                f"Unsupported HTTP method: {method}",
+                hint="The sandbox serves GET and PATCH on /api/v1/conversation.",
+            )
         except ApiError as error:
             return _error_response(error, style)
 
@@ -275,10 +315,14 @@ class SandboxApp:
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         if not has_id_guard(pairs):
             state.record_safety_violation()
-            raise ApiError(400, "21000", "UPDATE requires a WHERE clause",
-                           details="A PATCH must select its rows with id=eq.<uuid> or "
-                           "id=in.(<uuid>,...); this one could reach every conversation.",
-                           hint="Filter by id.")
+            raise ApiError(
+                400,
+                "21000",
+                "UPDATE requires a WHERE clause",
+                details="A PATCH must select its rows with id=eq.<uuid> or "
+                "id=in.(<uuid>,...); this one could reach every conversation.",
+                hint="Filter by id.",
+            )
         query = parse_query(pairs, default_order=False)
         prefer = _Preferences(scope["headers"], config)
         single = config.force_single_object or _wants_object(scope["headers"])
@@ -289,19 +333,30 @@ class SandboxApp:
                 _check_foreign_keys(changes, state.inbox_ids, state.agent_ids)
             count = len(matched)
             if single and count != 1:
-                raise ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
-                               details=f"The result contains {count} rows")
+                raise ApiError(
+                    406,
+                    "PGRST116",
+                    "Cannot coerce the result to a single JSON object",
+                    details=f"The result contains {count} rows",
+                )
             if prefer.max_affected is not None and count > prefer.max_affected:
-                raise ApiError(400, "PGRST124",
-                               "Query result exceeds max-affected preference constraint",
-                               details=f"The query affects {count} rows")
+                raise ApiError(
+                    400,
+                    "PGRST124",
+                    "Query result exceeds max-affected preference constraint",
+                    details=f"The query affects {count} rows",
+                )
             updated = state.update(matched, changes)
             ids = [row["id"] for row in updated]
             wants_body = prefer.representation or (config.select_returns_body and query.has_select)
             shaped = [project(row, query.select) for row in updated] if wants_body else []
         if count == 0 and config.zero_match_404:
-            raise ApiError(404, "PGRST116", "No conversation matched the filters",
-                           details="The result contains 0 rows")
+            raise ApiError(
+                404,
+                "PGRST116",
+                "No conversation matched the filters",
+                details="The result contains 0 rows",
+            )
         headers = prefer.applied_headers()
         if not config.drop_content_range:
             total = str(count) if prefer.count_exact else "*"
@@ -318,8 +373,11 @@ class SandboxApp:
             payload = shaped[0] if shaped else None
         else:
             payload = shaped
-        content_type = (OBJECT_MEDIA_TYPE.encode() + b"; charset=utf-8"
-                        if single and not config.force_single_object else _JSON)
+        content_type = (
+            OBJECT_MEDIA_TYPE.encode() + b"; charset=utf-8"
+            if single and not config.force_single_object
+            else _JSON
+        )
         headers.append((b"content-type", content_type))
         return _Response(200, headers, _dumps(payload), ids)
 
@@ -344,17 +402,27 @@ class SandboxApp:
         with self.state.lock:
             matched = self.state.match(query)
             total = len(matched)
-            ordered = sort_rows(matched, query.order) if query.order != (("id", False, False),) \
+            ordered = (
+                sort_rows(matched, query.order)
+                if query.order != (("id", False, False),)
                 else matched
+            )
             page = [project(row, query.select) for row in ordered[start:stop]]
         if single and len(page) != 1:
-            raise ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
-                           details=f"The result contains {len(page)} rows")
+            raise ApiError(
+                406,
+                "PGRST116",
+                "Cannot coerce the result to a single JSON object",
+                details=f"The result contains {len(page)} rows",
+            )
         total_text = str(total) if prefer.count_exact else "*"
         if prefer.count_exact and start > 0 and start >= total:
-            raise ApiError(416, "PGRST103", "Requested range not satisfiable",
-                           details=f"An offset of {start} was requested, but there are only "
-                           f"{total} rows.")
+            raise ApiError(
+                416,
+                "PGRST103",
+                "Requested range not satisfiable",
+                details=f"An offset of {start} was requested, but there are only {total} rows.",
+            )
         headers = prefer.applied_headers()
         if not config.drop_content_range:
             span = f"{start}-{start + len(page) - 1}/{total_text}" if page else f"*/{total_text}"
@@ -421,8 +489,13 @@ class _Preferences:
         self.max_affected: int | None = None
         if config.drop_prefer:
             return
-        tokens = [token.strip() for name, value in headers if name == b"prefer"
-                  for token in value.decode("latin-1").split(",") if token.strip()]
+        tokens = [
+            token.strip()
+            for name, value in headers
+            if name == b"prefer"
+            for token in value.decode("latin-1").split(",")
+            if token.strip()
+        ]
         invalid = []
         max_affected: int | None = None
         for token in tokens:
@@ -436,15 +509,26 @@ class _Preferences:
                 self.strict = True
             elif token.startswith("max-affected=") and token[13:].isdigit():
                 max_affected = int(token[13:])
-            elif token in ("handling=lenient", "return=headers-only", "count=planned",
-                           "count=estimated", "missing=default", "missing=null",
-                           "tx=commit", "tx=rollback"):
+            elif token in (
+                "handling=lenient",
+                "return=headers-only",
+                "count=planned",
+                "count=estimated",
+                "missing=default",
+                "missing=null",
+                "tx=commit",
+                "tx=rollback",
+            ):
                 continue
             else:
                 invalid.append(token)
         if self.strict and invalid:
-            raise ApiError(400, "PGRST122", "Invalid preferences given with handling=strict",
-                           details=f"Invalid preferences: {', '.join(invalid)}")
+            raise ApiError(
+                400,
+                "PGRST122",
+                "Invalid preferences given with handling=strict",
+                details=f"Invalid preferences: {', '.join(invalid)}",
+            )
         if self.strict:
             # max-affected only binds together with handling=strict (PostgREST >= 12.2).
             self.max_affected = max_affected
@@ -487,8 +571,9 @@ def _check_token(authorization: bytes | None, token: str) -> ApiError | None:
     if scheme.lower() != b"bearer" or not given:
         return ApiError(401, "UNAUTHORIZED", "API key missing", hint=hint)
     if not hmac.compare_digest(given, token.encode()):
-        return ApiError(403, "FORBIDDEN", "API key invalid",
-                        hint="Check the API key in Mateo's settings.")
+        return ApiError(
+            403, "FORBIDDEN", "API key invalid", hint="Check the API key in Mateo's settings."
+        )
     return None
 
 
@@ -501,9 +586,13 @@ def _parse_range(value: bytes) -> tuple[int, int | None]:
         return 0, None
     start = int(first)
     if last and int(last) < start:
-        raise ApiError(416, "PGRST103", "Requested range not satisfiable",
-                       details="The lower boundary must be lower than or equal to the upper "
-                       "boundary in the Range header.")
+        raise ApiError(
+            416,
+            "PGRST103",
+            "Requested range not satisfiable",
+            details="The lower boundary must be lower than or equal to the upper "
+            "boundary in the Range header.",
+        )
     return start, (int(last) + 1 if last else None)
 
 
@@ -514,25 +603,36 @@ def _parse_changes(body: bytes, config: SandboxConfig) -> dict[str, Any]:
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        raise ApiError(400, "PGRST102", "Empty or invalid json",
-                       hint="Send a JSON object such as {\"status\": \"closed\"}.")
+        raise ApiError(
+            400,
+            "PGRST102",
+            "Empty or invalid json",
+            hint='Send a JSON object such as {"status": "closed"}.',
+        )
     for key in document:
         if key not in schema.WRITABLE_COLUMNS:
-            raise ApiError(400, "PGRST204",
-                           f"Could not find the '{key}' column of '{schema.TABLE}' in the "
-                           "schema cache")
+            raise ApiError(
+                400,
+                "PGRST204",
+                f"Could not find the '{key}' column of '{schema.TABLE}' in the schema cache",
+            )
     changes: dict[str, Any] = {}
     if config.default_status_open and "status" not in document:
         changes["status"] = "open"
     for key, value in document.items():
         if value is None:
             if key in schema.NOT_NULL_COLUMNS:
-                raise ApiError(400, "23502", f'null value in column "{key}" of relation '
-                               f'"{schema.TABLE}" violates not-null constraint')
+                raise ApiError(
+                    400,
+                    "23502",
+                    f'null value in column "{key}" of relation '
+                    f'"{schema.TABLE}" violates not-null constraint',
+                )
             changes[key] = None
         elif key == "status":
-            changes[key] = schema.parse_enum("status", value if isinstance(value, str)
-                                             else json.dumps(value))
+            changes[key] = schema.parse_enum(
+                "status", value if isinstance(value, str) else json.dumps(value)
+            )
         elif isinstance(value, str):
             changes[key] = schema.parse_uuid(value)
         else:
@@ -540,16 +640,19 @@ def _parse_changes(body: bytes, config: SandboxConfig) -> dict[str, Any]:
     return changes
 
 
-def _check_foreign_keys(changes: dict[str, Any], inboxes: frozenset[str],
-                        agents: frozenset[str]) -> None:
+def _check_foreign_keys(
+    changes: dict[str, Any], inboxes: frozenset[str], agents: frozenset[str]
+) -> None:
     for column, known, table in (("inbox_id", inboxes, "inbox"), ("assignee_id", agents, "agent")):
         value = changes.get(column)
         if value is not None and value not in known:
             raise ApiError(
-                409, "23503",
+                409,
+                "23503",
                 f'insert or update on table "{schema.TABLE}" violates foreign key constraint '
                 f'"{schema.TABLE}_{column}_fkey"',
-                details=f'Key ({column})=({value}) is not present in table "{table}".')
+                details=f'Key ({column})=({value}) is not present in table "{table}".',
+            )
 
 
 def _error_response(error: ApiError, style: str, extra: list[Header] | None = None) -> _Response:
@@ -564,20 +667,37 @@ def _fault_response(kind: str, config: SandboxConfig, limit_headers: list[Header
     if kind == "502":
         return _Response(502, [(b"content-type", _HTML), *limit_headers], gateway_page(502))
     if kind == "503":
-        error = ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
-                         headers=[(b"retry-after", str(config.fault_503_retry_after).encode())])
+        error = ApiError(
+            503,
+            "PGRST001",
+            "Database client error. Retrying the connection.",
+            headers=[(b"retry-after", str(config.fault_503_retry_after).encode())],
+        )
         return _error_response(error, config.error_body, limit_headers)
     error = ApiError(500, "XX000", "Internal server error (injected fault)")
     return _error_response(error, config.error_body, limit_headers)
 
 
+def _reset_response(config: SandboxConfig) -> _Response:
+    error = ApiError(
+        503, "SANDBOX_RESET", "The sandbox was reset while this request waited; nothing was changed"
+    )
+    return _error_response(error, config.error_body)
+
+
 def _cutoff_response(config: SandboxConfig, limit_headers: list[Header]) -> _Response:
     if config.cutoff_body == "html":
-        return _Response(config.cutoff_status, [(b"content-type", _HTML), *limit_headers],
-                         gateway_page(config.cutoff_status))
-    error = ApiError(config.cutoff_status, "57014",
-                     "canceling statement due to statement timeout",
-                     hint=f"Requests are cut off after {config.cutoff_seconds:g} seconds.")
+        return _Response(
+            config.cutoff_status,
+            [(b"content-type", _HTML), *limit_headers],
+            gateway_page(config.cutoff_status),
+        )
+    error = ApiError(
+        config.cutoff_status,
+        "57014",
+        "canceling statement due to statement timeout",
+        hint=f"Requests are cut off after {config.cutoff_seconds:g} seconds.",
+    )
     return _error_response(error, config.error_body, limit_headers)
 
 

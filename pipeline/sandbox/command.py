@@ -64,23 +64,48 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "rate limits, faults, and introspection under /_sandbox/ (rows, stats, config)."
     )
     server = parser.add_argument_group(_GROUP_TITLES["server"])
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on "
-                        "(default: %(default)s)")
-    server.add_argument("--port", type=_number(int, "--port"), default=8080,
-                        help="port to listen on (default: %(default)s)")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    server.add_argument(
+        "--port",
+        type=_number(int, "--port"),
+        default=8080,
+        help="port to listen on (default: %(default)s)",
+    )
     data = server.add_mutually_exclusive_group()
-    data.add_argument("--seed", metavar="FILE", type=Path,
-                      help="CSV of conversations to serve (default: "
-                      "sample_data/conversations.csv; inboxes.csv and agents.csv next to it "
-                      "name the valid foreign keys)")
-    data.add_argument("--generate", metavar="N", type=_number(int, "--generate"),
-                      help="serve N generated conversations instead of a CSV")
-    server.add_argument("--data-seed", metavar="N", type=_number(int, "--data-seed"),
-                        default=SAMPLE_SEED, help="seed of --generate (default: %(default)s)")
-    server.add_argument("--request-log", metavar="FILE", type=Path,
-                        help="append one JSON line per API request to FILE (never the token)")
-    groups = {name: parser.add_argument_group(title) for name, title in _GROUP_TITLES.items()
-              if name != "server"}
+    data.add_argument(
+        "--seed",
+        metavar="FILE",
+        type=Path,
+        help="CSV of conversations to serve (default: "
+        "sample_data/conversations.csv; inboxes.csv and agents.csv next to it "
+        "name the valid foreign keys)",
+    )
+    data.add_argument(
+        "--generate",
+        metavar="N",
+        type=_number(int, "--generate"),
+        help="serve N generated conversations instead of a CSV",
+    )
+    server.add_argument(
+        "--data-seed",
+        metavar="N",
+        type=_number(int, "--data-seed"),
+        default=SAMPLE_SEED,
+        help="seed of --generate (default: %(default)s)",
+    )
+    server.add_argument(
+        "--request-log",
+        metavar="FILE",
+        type=Path,
+        help="append one JSON line per API request to FILE (never the token)",
+    )
+    groups = {
+        name: parser.add_argument_group(title)
+        for name, title in _GROUP_TITLES.items()
+        if name != "server"
+    }
     groups["server"] = server
     for spec in switch_fields():
         flag = flag_for(spec)
@@ -88,21 +113,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         group = groups[meta["group"]]
         help_text = meta["help"]
         if spec.name == "token":
-            group.add_argument(flag, dest=spec.name, metavar="TOKEN", default=None,
-                               help=f"{help_text} (default: ${TOKEN_ENVIRONMENT_VARIABLE}, "
-                               f"else {spec.default!r})")
+            group.add_argument(
+                flag,
+                dest=spec.name,
+                metavar="TOKEN",
+                default=None,
+                help=f"{help_text} (default: ${TOKEN_ENVIRONMENT_VARIABLE}, else {spec.default!r})",
+            )
         elif meta["kind"] is bool:
             action = "store_false" if spec.default else "store_true"
-            group.add_argument(flag, dest=spec.name, action=action, default=spec.default,
-                               help=help_text)
+            group.add_argument(
+                flag, dest=spec.name, action=action, default=spec.default, help=help_text
+            )
         elif meta["choices"]:
-            group.add_argument(flag, dest=spec.name, choices=meta["choices"],
-                               default=spec.default, help=f"{help_text} (default: %(default)s)")
+            group.add_argument(
+                flag,
+                dest=spec.name,
+                choices=meta["choices"],
+                default=spec.default,
+                help=f"{help_text} (default: %(default)s)",
+            )
         else:
             default_text = "off" if spec.default is None else "%(default)s"
-            group.add_argument(flag, dest=spec.name, type=_number(meta["kind"], flag),
-                               metavar=meta["metavar"], default=spec.default,
-                               help=f"{help_text} (default: {default_text})")
+            group.add_argument(
+                flag,
+                dest=spec.name,
+                type=_number(meta["kind"], flag),
+                metavar=meta["metavar"],
+                default=spec.default,
+                help=f"{help_text} (default: {default_text})",
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
@@ -125,8 +165,10 @@ def _state_from_args(args: argparse.Namespace) -> tuple[SandboxState, str]:
         path = args.seed or find_default_seed()
         if path is None:
             looked = ", ".join(str(candidate) for candidate in default_seed_candidates())
-            raise InputError(f"the default seed file sample_data/conversations.csv was not "
-                             f"found (looked in {looked}); pass --seed FILE or --generate N")
+            raise InputError(
+                f"the default seed file sample_data/conversations.csv was not "
+                f"found (looked in {looked}); pass --seed FILE or --generate N"
+            )
         dataset = load_seed(path)
         source = f"{len(dataset.rows)} conversations from {path}"
     return SandboxState(dataset), source
@@ -141,12 +183,18 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             state.open_request_log(args.request_log, redact=config.token)
         except OSError as error:
-            raise InputError(f"cannot write the request log {args.request_log}: "
-                             f"{error.strerror}") from None
-    token_note = (f"token {config.token!r}" if config.token == SandboxConfig().token
-                  else "the token you gave")
-    print(f"mateo-bulk sandbox: serving {source} at http://{args.host}:{args.port}/api/v1 "
-          f"({token_note}); stats at http://{args.host}:{args.port}/_sandbox/stats; "
-          "Ctrl+C stops", file=sys.stderr, flush=True)
+            raise InputError(
+                f"cannot write the request log {args.request_log}: {error.strerror}"
+            ) from None
+    token_note = (
+        f"token {config.token!r}" if config.token == SandboxConfig().token else "the token you gave"
+    )
+    print(
+        f"mateo-bulk sandbox: serving {source} at http://{args.host}:{args.port}/api/v1 "
+        f"({token_note}); stats at http://{args.host}:{args.port}/_sandbox/stats; "
+        "Ctrl+C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     serve(config, state, args.host, args.port)
     return 0

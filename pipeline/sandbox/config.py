@@ -131,9 +131,7 @@ class SandboxConfig:
         kind=int,
         metavar="N",
     )
-    ratelimit_limit_header: bool = _switch(
-        True, "send the ratelimit-limit header", group="limits"
-    )
+    ratelimit_limit_header: bool = _switch(True, "send the ratelimit-limit header", group="limits")
     ratelimit_remaining_header: bool = _switch(
         True, "send the ratelimit-remaining header", group="limits"
     )
@@ -233,8 +231,14 @@ class SandboxConfig:
         _check_choice("latency_distribution", self.latency_distribution, LATENCY_DISTRIBUTIONS)
         if not self.token:
             raise ValueError("token must not be empty")
-        for name in ("fault_500", "fault_502", "fault_503", "fault_drop", "fault_applied_503",
-                     "fault_slow"):
+        for name in (
+            "fault_500",
+            "fault_502",
+            "fault_503",
+            "fault_drop",
+            "fault_applied_503",
+            "fault_slow",
+        ):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a probability between 0 and 1, not {value}")

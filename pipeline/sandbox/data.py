@@ -327,8 +327,10 @@ def load_seed(path: str | Path) -> Dataset:
 def default_seed_candidates() -> list[Path]:
     """Where `sample_data/conversations.csv` is looked for: the working directory, the repo."""
     repo = Path(__file__).resolve().parents[2]
-    candidates = [Path.cwd() / "sample_data" / "conversations.csv",
-                  repo / "sample_data" / "conversations.csv"]
+    candidates = [
+        Path.cwd() / "sample_data" / "conversations.csv",
+        repo / "sample_data" / "conversations.csv",
+    ]
     unique: list[Path] = []
     for candidate in candidates:
         if candidate not in unique:

@@ -30,8 +30,16 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt,
     "lte": operator.le,
 }
-_SQL_OPERATORS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=",
-                  "like": "~~", "ilike": "~~*"}
+_SQL_OPERATORS = {
+    "eq": "=",
+    "neq": "<>",
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+    "like": "~~",
+    "ilike": "~~*",
+}
 _NESTED_LOGIC = re.compile(r"^(not\.)?(or|and)\((.*)\)$", re.DOTALL)
 
 
@@ -109,8 +117,12 @@ def parse_query(pairs: Sequence[tuple[str, str]], *, default_order: bool = True)
 
 
 def _parse_error(text: str, what: str = "filter") -> ApiError:
-    return ApiError(400, "PGRST100", f"\"failed to parse {what} ({text})\"",
-                    details=f'unexpected input in "{text}"')
+    return ApiError(
+        400,
+        "PGRST100",
+        f'"failed to parse {what} ({text})"',
+        details=f'unexpected input in "{text}"',
+    )
 
 
 def _parse_leaf(column: str, value: str) -> tuple[Predicate, frozenset[str] | None]:
@@ -214,10 +226,12 @@ def _comparison(column: str, op: str, operand: str) -> Predicate:
     key = _operand_key(column)
 
     if key is _identity:
+
         def predicate(row: Row) -> bool | None:
             value = row[column]
             return None if value is None else compare(value, target)
     else:
+
         def predicate(row: Row) -> bool | None:
             value = row[column]
             return None if value is None else compare(key(value), target)
@@ -247,8 +261,12 @@ def _is_predicate(column: str, operand: str, whole: str) -> Predicate:
         return lambda row: row[column] is not None
     if keyword in ("true", "false", "unknown"):
         if column not in schema.BOOLEAN_COLUMNS:
-            raise ApiError(400, "42804", f"argument of IS {keyword.upper()} must be type "
-                           f"boolean, not type {_sql_type(column)}")
+            raise ApiError(
+                400,
+                "42804",
+                f"argument of IS {keyword.upper()} must be type "
+                f"boolean, not type {_sql_type(column)}",
+            )
         if keyword == "unknown":
             return lambda row: row[column] is None
         wanted = keyword == "true"
@@ -292,10 +310,13 @@ def _sql_type(column: str) -> str:
 
 def _undefined_operator(column: str, op: str) -> ApiError:
     # PostgREST answers PostgreSQL's 42883 (undefined function) with 404.
-    return ApiError(404, "42883",
-                    f"operator does not exist: {_sql_type(column)} {_SQL_OPERATORS[op]} unknown",
-                    hint="No operator matches the given name and argument types. You might "
-                    "need to add explicit type casts.")
+    return ApiError(
+        404,
+        "42883",
+        f"operator does not exist: {_sql_type(column)} {_SQL_OPERATORS[op]} unknown",
+        hint="No operator matches the given name and argument types. You might "
+        "need to add explicit type casts.",
+    )
 
 
 def _negate(predicate: Predicate) -> Predicate:
@@ -309,6 +330,7 @@ def _negate(predicate: Predicate) -> Predicate:
 def _logic(kind: str, predicates: Sequence[Predicate]) -> Predicate:
     parts = tuple(predicates)
     if kind == "and":
+
         def combined(row: Row) -> bool | None:
             result: bool | None = True
             for part in parts:
@@ -319,6 +341,7 @@ def _logic(kind: str, predicates: Sequence[Predicate]) -> Predicate:
                     result = None
             return result
     else:
+
         def combined(row: Row) -> bool | None:
             result: bool | None = False
             for part in parts:
@@ -389,9 +412,13 @@ def _parse_select(value: str) -> tuple[tuple[str, str], ...] | None:
             continue
         if "(" in item:
             name = item.split("(", 1)[0].split(":")[-1].lstrip(".")
-            raise ApiError(400, "PGRST200", f"Could not find a relationship between "
-                           f"'{schema.TABLE}' and '{name}' in the schema cache",
-                           hint="Perhaps you meant a column of 'conversation' instead.")
+            raise ApiError(
+                400,
+                "PGRST200",
+                f"Could not find a relationship between "
+                f"'{schema.TABLE}' and '{name}' in the schema cache",
+                hint="Perhaps you meant a column of 'conversation' instead.",
+            )
         alias, colon, rest = item.partition(":")
         if colon and not rest.startswith(":"):
             column = rest
@@ -442,8 +469,12 @@ def sort_rows(rows: list[Row], order: Sequence[tuple[str, bool, bool]]) -> list[
         key = _operand_key(column)
         nulls_flag_when_null = nulls_first == descending
 
-        def sort_key(row: Row, column: str = column, key: Callable[[Any], Any] = key,
-                     flag: bool = nulls_flag_when_null) -> tuple[bool, Any]:
+        def sort_key(
+            row: Row,
+            column: str = column,
+            key: Callable[[Any], Any] = key,
+            flag: bool = nulls_flag_when_null,
+        ) -> tuple[bool, Any]:
             value = row[column]
             if value is None:
                 return (flag, 0)

@@ -76,8 +76,19 @@ ENUM_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 #: What a PATCH body may set, as Mateo documents it.
 WRITABLE_COLUMNS: tuple[str, ...] = ("inbox_id", "assignee_id", "status")
-NOT_NULL_COLUMNS = frozenset({"id", "created_at", "updated_at", "organisation_id", "status",
-                              "channel_id", "channel_type", "is_spam", "inbox_id"})
+NOT_NULL_COLUMNS = frozenset(
+    {
+        "id",
+        "created_at",
+        "updated_at",
+        "organisation_id",
+        "status",
+        "channel_id",
+        "channel_type",
+        "is_spam",
+        "inbox_id",
+    }
+)
 
 # PostgreSQL accepts upper case, braces, and a hyphen after any group of four hex digits.
 _PG_UUID = re.compile(r"^(\{)?(?:[0-9a-fA-F]{4}-?){7}[0-9a-fA-F]{4}(?(1)\})$")
@@ -134,8 +145,12 @@ def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        raise ApiError(400, "22P02", "invalid input syntax for type json",
-                       details=f'Token "{text}" is invalid.') from None
+        raise ApiError(
+            400,
+            "22P02",
+            "invalid input syntax for type json",
+            details=f'Token "{text}" is invalid.',
+        ) from None
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -70,8 +70,11 @@ def _resolve_dataset(
     seed_file: str | Path | None,
     generate: int | None,
 ) -> Dataset:
-    given = [name for name, value in (("rows", rows), ("seed_file", seed_file),
-                                      ("generate", generate)) if value is not None]
+    given = [
+        name
+        for name, value in (("rows", rows), ("seed_file", seed_file), ("generate", generate))
+        if value is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"give at most one of rows, seed_file, generate (got {', '.join(given)})")
     if rows is not None:
@@ -101,8 +104,13 @@ def default_dataset() -> Dataset:
 class Sandbox:
     """A running sandbox: where it listens, and handles on its data, switches and stats."""
 
-    def __init__(self, app: SandboxApp, host: str, port: int,
-                 call_in_loop: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(
+        self,
+        app: SandboxApp,
+        host: str,
+        port: int,
+        call_in_loop: Callable[[Callable[[], None]], None],
+    ) -> None:
         self.app = app
         self.state = app.state
         self.host = host
@@ -143,16 +151,22 @@ class Sandbox:
         self.state.advance_day()
 
     def reset(self, config: SandboxConfig | None = None) -> None:
-        """Back to the start: the original rows, stats, limits, fault draws and switches."""
+        """Back to the start: the original rows, stats, limits, fault draws and switches.
+
+        Requests still waiting out an added delay are woken and answer 503 without changing
+        anything, so they cannot leak into what comes next.
+        """
+        self.app.start_new_generation()
+        self._call_in_loop(self.app.wake_sleepers)
         self.app.set_config(config or self._initial_config)
         self.app.restart_faults()
         self.state.reset_rows()
         self.state.reset_stats()
         self.state.reset_limits()
 
-    def stop(self) -> None:
-        """Cut added delays short so shutdown does not wait for them."""
-        self._call_in_loop(self.app.stop_sleeping)
+    def stop_delays(self) -> None:
+        """Cut added delays short, for good, so shutdown does not wait for them."""
+        self._call_in_loop(lambda: self.app.wake_sleepers(for_good=True))
 
 
 @contextmanager
@@ -204,7 +218,8 @@ def running_sandbox(
         if failure or not thread.is_alive():
             listener.close()
             raise RuntimeError("the sandbox server failed to start") from (
-                failure[0] if failure else None)
+                failure[0] if failure else None
+            )
         if time.monotonic() > deadline:
             server.should_exit = True
             raise RuntimeError("the sandbox server did not start within 10 seconds")
@@ -218,15 +233,28 @@ def running_sandbox(
     try:
         yield sandbox
     finally:
-        sandbox.stop()
+        sandbox.stop_delays()
         server.should_exit = True
         thread.join(timeout=15)
         state.close_request_log()
         listener.close()
 
 
-def serve(config: SandboxConfig, state: SandboxState, host: str = "127.0.0.1",
-          port: int = 8080) -> None:
+@contextmanager
+def mateo_limits_sandbox(**changes: Any) -> Iterator[Sandbox]:
+    """A sandbox with Mateo's documented limits and the sample data.
+
+    2 requests a second (bucket of 2), 10,000 a day, the 2-second cut-off; `changes` override
+    any switch.
+    """
+    config = SandboxConfig(rate=2.0, burst=2, daily_quota=10_000, cutoff_seconds=2.0)
+    with running_sandbox(config.replace(**changes)) as sandbox:
+        yield sandbox
+
+
+def serve(
+    config: SandboxConfig, state: SandboxState, host: str = "127.0.0.1", port: int = 8080
+) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (the `mateo-bulk sandbox` command)."""
     app = create_app(config, state)
     server = uvicorn.Server(_uvicorn_config(app, host=host, port=port, log_level="warning"))

@@ -90,8 +90,9 @@ class SandboxState:
     def match(self, query: Query) -> list[Row]:
         """The stored rows (not copies) the filters select, ordered by id. Call under the lock."""
         if query.id_candidates is not None:
-            candidates = [self._rows[row_id] for row_id in sorted(query.id_candidates)
-                          if row_id in self._rows]
+            candidates = [
+                self._rows[row_id] for row_id in sorted(query.id_candidates) if row_id in self._rows
+            ]
         else:
             candidates = [self._rows[row_id] for row_id in self._ordered_ids]
         condition = query.condition
