@@ -254,9 +254,10 @@ def _progress_display(quiet: bool) -> Iterator[Callable[..., None] | None]:
 def _run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.sandbox and not args.dry_run:
-        from pipeline.sandbox import mateo_limits_sandbox
+        from pipeline.sandbox import SandboxConfig, running_sandbox
 
-        with mateo_limits_sandbox() as sandbox:
+        # Mateo's documented limits, so the demo shows what a real run feels like.
+        with running_sandbox(SandboxConfig(rate=2.0, daily_quota=10_000)) as sandbox:
             print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
             settings = dataclasses.replace(
                 settings, base_url=sandbox.base_url, token=sandbox.token

@@ -123,8 +123,7 @@ def check_report_path(path: Path) -> None:
         raise InputError(f"--report {str(path)!r} is a directory; give a file name")
 
 
-def _open_writer(path: Path) -> _Writer:
-    suffix = path.suffix.lower()
+def _open_writer(path: Path, suffix: str) -> _Writer:
     if suffix == ".parquet":
         return _ParquetWriter(path)
     if suffix == ".jsonl":
@@ -145,7 +144,7 @@ class OrderedReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._partial = path.with_name(path.name + ".partial")
-        self._writer = _open_writer(self._partial)
+        self._writer = _open_writer(self._partial, path.suffix.lower())
         self._waiting: dict[int, RowResult] = {}
         self._next_row = 1
         self.counts: dict[Outcome, int] = {outcome: 0 for outcome in Outcome}

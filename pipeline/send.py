@@ -88,7 +88,9 @@ class Sender:
             await self._pacer.wait()
             attempts += 1
             self._control.requests += 1
-            return await self._client.patch(group.ids, group.change)
+            answer = await self._client.patch(group.ids, group.change)
+            self._pacer.succeeded()
+            return answer
 
         try:
             answer = await self._retried(patch)
@@ -146,10 +148,13 @@ class Sender:
 
     def _on_retry(self, error: TransientError) -> None:
         self._control.retries += 1
-        if error.retry_after is not None:
-            self._pacer.hold(min(error.retry_after, MAX_BACKOFF_SECONDS))
-        elif error.http_status == 429:
-            self._pacer.hold(_DEFAULT_429_HOLD_SECONDS)
+        retry_after = (
+            None if error.retry_after is None else min(error.retry_after, MAX_BACKOFF_SECONDS)
+        )
+        if error.http_status == 429:
+            self._pacer.slow_down(retry_after, _DEFAULT_429_HOLD_SECONDS)
+        elif retry_after is not None:
+            self._pacer.hold(retry_after)
 
     async def _refused(self, group: Group, error: PermanentError, attempts: int) -> list[RowResult]:
         if len(group) > 1 and error.http_status == 414:

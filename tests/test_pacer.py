@@ -99,3 +99,53 @@ def test_hold_arriving_while_a_worker_sleeps_is_honoured() -> None:
 
     run_virtual(main)
     assert starts == [pytest.approx(5.2)]
+
+
+def test_a_429_holds_every_worker_and_halves_the_rate() -> None:
+    """slow_down: nobody starts inside the Retry-After window, then the rate is halved."""
+    starts: list[float] = []
+
+    async def main() -> None:
+        pacer = Pacer(4.0)
+        for _ in range(4):
+            await pacer.wait()
+        refused_at = anyio.current_time()
+        pacer.slow_down(retry_after=2.0)
+        pacer.slow_down(retry_after=2.0)  # a second 429 from the same burst: one signal
+        assert pacer.rate == 2.0
+        for _ in range(3):
+            await pacer.wait()
+            starts.append(anyio.current_time() - refused_at)
+
+    run_virtual(main)
+    assert starts[0] == pytest.approx(2.0)
+    assert starts[1] - starts[0] == pytest.approx(0.505)
+
+
+def test_successes_climb_back_to_the_ceiling_and_no_further() -> None:
+    """After a slow-down, each success adds a little rate back, up to --rate."""
+
+    async def main() -> None:
+        pacer = Pacer(2.0)
+        await pacer.wait()
+        pacer.slow_down(retry_after=0)
+        assert pacer.rate == 0.5
+        for _ in range(100):
+            pacer.succeeded()
+        assert pacer.rate == 2.0
+
+    run_virtual(main)
+
+
+def test_an_unlimited_pacer_slows_to_half_what_it_was_sending() -> None:
+    """Unlimited: a 429 sets a rate of half the starts seen in the last second."""
+
+    async def main() -> None:
+        pacer = Pacer(None)
+        for _ in range(20):
+            await pacer.wait()
+            await anyio.sleep(0.04)
+        pacer.slow_down(retry_after=None)
+        assert pacer.rate == pytest.approx(10.0)
+
+    run_virtual(main)

@@ -1,0 +1,361 @@
+"""`run` (the Python API) against the sandbox over loopback: outcomes, retries, answer shapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.models import Outcome
+from pipeline.runner import RunSettings, RunSummary, run
+from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
+from tests.helpers import AGENTS, INBOXES, read_report, write_csv
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def api() -> Iterator[Sandbox]:
+    """A fresh sandbox with the sample data; every test also proves no unfiltered PATCH."""
+    with running_sandbox(SandboxConfig()) as sandbox:
+        yield sandbox
+        assert sandbox.stats()["safety_violations"] == 0
+
+
+def settings_for(sandbox: Sandbox, input_path: Path, **overrides: Any) -> RunSettings:
+    values: dict[str, Any] = {
+        "input": input_path,
+        "token": sandbox.token,
+        "base_url": sandbox.base_url,
+        "rate": None,
+        "timeout": 5.0,
+        "run_dir": input_path.parent / "run",
+        "max_group_wait": 0.05,
+    }
+    values.update(overrides)
+    return RunSettings(**values)
+
+
+def assert_table_has_targets(sandbox: Sandbox, report: list[dict[str, str]]) -> None:
+    """Every row reported updated holds its target values in the sandbox's table."""
+    table = {row["id"]: row for row in sandbox.rows()}
+    for line in report:
+        if line["outcome"] != "updated":
+            continue
+        current = table[line["conversation_id"]]
+        for field in ("inbox_id", "assignee_id", "status"):
+            target = line[f"target_{field}"]
+            if target:
+                assert current[field] == (None if target == "null" else target), line
+
+
+def many_rows(sandbox: Sandbox, count: int) -> list[dict[str, str]]:
+    ids = [row["id"] for row in sandbox.rows()][:count]
+    return [
+        {"conversation_id": conversation_id, "inbox_id": INBOXES[n % 3], "status": "closed"}
+        for n, conversation_id in enumerate(ids)
+    ]
+
+
+def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None:
+    """updated, not_found, rejected (409), invalid: each reported, the table changed to match."""
+    ids = [row["id"] for row in api.rows()]
+    rows = [
+        {"conversation_id": ids[0], "inbox_id": INBOXES[1], "status": "closed"},
+        {"conversation_id": ids[1].upper(), "assignee_id": "NULL"},
+        {"conversation_id": UNKNOWN_ID, "status": "closed"},
+        {"conversation_id": ids[2], "inbox_id": "7f000000-0000-4000-8000-000000000000"},
+        {"conversation_id": "not-a-uuid", "status": "closed"},
+        {"conversation_id": ids[3], "status": "Archived"},
+        {"conversation_id": ids[4], "assignee_id": AGENTS[0]},
+    ]
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    report = read_report(summary.report_path)
+    assert [line["outcome"] for line in report] == [
+        "updated",
+        "updated",
+        "not_found",
+        "rejected",
+        "invalid",
+        "updated",
+        "updated",
+    ]
+    assert [int(line["row"]) for line in report] == list(range(1, 8))
+    assert report[3]["http_status"] == "409" and report[3]["error_code"] == "23503"
+    assert "not a uuid" in report[4]["error_message"]
+    assert report[1]["returned_assignee_id"] == "null"
+    assert summary.exit_code == 1
+    assert_table_has_targets(api, report)
+    assert api.row(ids[1])["assignee_id"] is None
+
+
+def test_all_updated_exits_zero_and_groups_rows(api: Sandbox, tmp_path: Path) -> None:
+    """120 rows over 3 targets: all updated, exit 0, at most one partial group per target."""
+    rows = many_rows(api, 120)
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    assert summary.counts[Outcome.UPDATED] == 120 and summary.exit_code == 0
+    assert api.stats()["requests_by_method"]["PATCH"] == summary.requests <= 3
+    assert_table_has_targets(api, read_report(summary.report_path))
+
+
+def test_batch_size_one_sends_one_eq_patch_per_row(api: Sandbox, tmp_path: Path) -> None:
+    """--batch-size 1: one request per row."""
+    rows = many_rows(api, 12)
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1))
+    assert summary.requests == 12 and summary.counts[Outcome.UPDATED] == 12
+
+
+def test_identical_duplicates_are_sent_once_and_reported_twice(
+    api: Sandbox, tmp_path: Path
+) -> None:
+    """The same row twice: one id in the request, both rows `updated`."""
+    conversation_id = api.rows()[0]["id"]
+    rows = [{"conversation_id": conversation_id, "status": "archived"}] * 2
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    assert [line["outcome"] for line in read_report(summary.report_path)] == ["updated"] * 2
+    assert summary.requests == 1
+    assert api.stats()["ids_updated_more_than_once"] == {}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"fault_500": 0.4},
+        {"fault_502": 0.4},
+        {"fault_503": 0.4, "fault_503_retry_after": 0},
+        {"fault_drop": 0.4},
+        {"fault_applied_503": 0.4},
+        {"fault_slow": 0.3, "slow_seconds": 5.0},
+        {"cutoff_seconds": 0.05, "latency_ms": 60, "latency_distribution": "exponential"},
+    ],
+    ids=["500", "502-html", "503-retry-after", "drop", "applied-then-503", "slow", "cutoff"],
+)
+def test_retries_under_each_fault_end_with_every_row_right(
+    api: Sandbox, tmp_path: Path, fault: dict[str, Any]
+) -> None:
+    """Under each fault every row ends updated, some after retries, the table matches."""
+    api.configure(fault_seed=7, **fault)
+    rows = many_rows(api, 40)
+    summary = run(
+        settings_for(
+            api, write_csv(tmp_path / "in.csv", rows), batch_size=5, max_attempts=8, timeout=0.5
+        )
+    )
+    report = read_report(summary.report_path)
+    assert summary.counts[Outcome.UPDATED] == 40, summary.counts
+    assert summary.retries > 0
+    assert any(int(line["attempts"]) > 1 for line in report)
+    assert_table_has_targets(api, report)
+
+
+def test_retries_exhausted_is_failed_with_the_last_error(api: Sandbox, tmp_path: Path) -> None:
+    """A server that always answers 500: rows `failed` after --max-attempts, exit 1."""
+    api.configure(fault_500=1.0)
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 3)), max_attempts=2)
+    )
+    report = read_report(summary.report_path)
+    assert {line["outcome"] for line in report} == {"failed"}
+    assert {line["attempts"] for line in report} == {"2"}
+    assert {line["http_status"] for line in report} == {"500"}
+    assert summary.exit_code == 1
+
+
+def test_rate_limit_429s_are_retried_after_retry_after(api: Sandbox, tmp_path: Path) -> None:
+    """Against a 5 req/s limit, an unpaced client meets 429s, waits and still updates all."""
+    api.configure(rate=5.0, burst=1)
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 12)), batch_size=1)
+    )
+    assert summary.counts[Outcome.UPDATED] == 12
+    assert api.stats()["rate_limited"] > 0
+
+
+def test_paced_at_the_limit_meets_no_429(api: Sandbox, tmp_path: Path) -> None:
+    """--rate equal to the server's limit (burst 1): no request is refused."""
+    api.configure(rate=10.0, burst=1)
+    summary = run(
+        settings_for(
+            api,
+            write_csv(tmp_path / "in.csv", many_rows(api, 20)),
+            batch_size=1,
+            rate=10.0,
+            concurrency=4,
+        )
+    )
+    assert summary.counts[Outcome.UPDATED] == 20
+    assert api.stats()["rate_limited"] == 0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_bad_token_stops_the_run_and_skips_the_rest(
+    api: Sandbox, tmp_path: Path, status: int
+) -> None:
+    """401/403 stop at once: rows skipped, at most --concurrency requests sent, exit 3."""
+    rows = many_rows(api, 30)
+    token = "" if status == 401 else "wrong-token"
+    settings = settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1, concurrency=2)
+    if status == 401:
+        # An empty token is refused before anything is sent; send a blank-ish header instead.
+        settings = settings_for(api, tmp_path / "in.csv", batch_size=1, concurrency=2, token="x")
+        api.configure(token="other")
+    else:
+        settings = settings_for(api, tmp_path / "in.csv", batch_size=1, concurrency=2, token=token)
+    summary = run(settings)
+    assert summary.exit_code == 3
+    assert summary.counts[Outcome.SKIPPED] == 30
+    assert api.stats()["requests"] <= 2
+    assert api.stats()["updates"] == 0
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"object_response": "one"},
+        {"object_response": "first"},
+        {"select_returns_body": True, "drop_prefer": True},
+        {"drop_prefer": True},
+        {"drop_prefer": True, "drop_content_range": True},
+        {"zero_match_404": True},
+        {"force_single_object": True},
+        {"max_url_length": 1000},
+        {"default_status_open": True},
+        {"error_body": "postgrest"},
+    ],
+    ids=lambda switches: ",".join(f"{key}={value}" for key, value in switches.items()),
+)
+def test_every_unknown_answer_shape_gives_the_right_outcomes(
+    api: Sandbox, tmp_path: Path, switches: dict[str, Any]
+) -> None:
+    """Under each proxy switch: updated rows updated, unknown ids not_found, 409 rejected."""
+    api.configure(**switches)
+    rows = many_rows(api, 60)
+    rows += [
+        {"conversation_id": UNKNOWN_ID, "inbox_id": INBOXES[0], "status": "closed"},
+        {
+            "conversation_id": api.rows()[61]["id"],
+            "inbox_id": "7f000000-0000-4000-8000-000000000000",
+        },
+    ]
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    report = read_report(summary.report_path)
+    outcomes = [line["outcome"] for line in report]
+    assert outcomes == ["updated"] * 60 + ["not_found", "rejected"], summary.notices
+    assert_table_has_targets(api, report)
+    assert summary.stopped is None
+
+
+def test_no_match_answered_204_is_read_back(api: Sandbox, tmp_path: Path) -> None:
+    """With no body (Prefer dropped), the group is read back with one GET per 50 ids."""
+    api.configure(drop_prefer=True)
+    rows = many_rows(api, 10) + [{"conversation_id": UNKNOWN_ID, "status": "closed"}]
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    stats = api.stats()["requests_by_method"]
+    assert stats["GET"] >= 1
+    assert [line["outcome"] for line in read_report(summary.report_path)][-1] == "not_found"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_report_formats_hold_the_same_rows(api: Sandbox, tmp_path: Path, suffix: str) -> None:
+    """--report's suffix picks the format; every format has every row and column."""
+    import pandas
+
+    rows = many_rows(api, 5) + [{"conversation_id": UNKNOWN_ID, "status": "open"}]
+    report_path = tmp_path / f"out{suffix}"
+    run(settings_for(api, write_csv(tmp_path / "in.csv", rows), report=report_path))
+    if suffix == ".csv":
+        frame = pandas.read_csv(report_path, dtype=str, keep_default_na=False)
+    elif suffix == ".jsonl":
+        frame = pandas.DataFrame(
+            [json.loads(line) for line in report_path.read_text().splitlines()]
+        )
+    else:
+        frame = pandas.read_parquet(report_path)
+    assert list(frame["outcome"]) == ["updated"] * 5 + ["not_found"]
+    assert {
+        "row",
+        "conversation_id",
+        "http_status",
+        "attempts",
+        "error_code",
+        "error_message",
+        "target_status",
+        "returned_status",
+    } <= set(frame.columns)
+
+
+def test_dry_run_sends_nothing(api: Sandbox, tmp_path: Path) -> None:
+    """--dry-run validates and reports `planned`, with no request at all."""
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 10)), dry_run=True)
+    )
+    assert summary.counts[Outcome.PLANNED] == 10 and summary.exit_code == 0
+    assert api.stats()["requests"] == 0
+
+
+def test_fixed_values_and_column_map(api: Sandbox, tmp_path: Path) -> None:
+    """A file of ids only, with `--map conversation_id=Ticket` and `--set status=closed`."""
+    ids = [row["id"] for row in api.rows() if row["status"] != "closed"][:5]
+    path = write_csv(tmp_path / "ids.csv", [{"Ticket": i} for i in ids], columns=("Ticket",))
+    summary = run(
+        settings_for(
+            api, path, column_map={"conversation_id": "Ticket"}, fixed_values={"status": "closed"}
+        )
+    )
+    assert summary.counts[Outcome.UPDATED] == 5
+    assert all(api.row(i)["status"] == "closed" for i in ids)
+
+
+def test_a_value_other_than_the_target_is_reported_as_a_difference(tmp_path: Path) -> None:
+    """A server that answers with another value than the one sent: `difference`, exit 1."""
+    conversation_id = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": conversation_id, "inbox_id": INBOXES[0], "assignee_id": None, "status": "open"}
+        return httpx.Response(200, json=[row])
+
+    path = write_csv(
+        tmp_path / "in.csv", [{"conversation_id": conversation_id, "status": "closed"}]
+    )
+    summary = run(
+        RunSettings(
+            path,
+            token="t",
+            base_url="https://api.example.test/api/v1",
+            rate=None,
+            run_dir=tmp_path / "run",
+        ),
+        transport=httpx.MockTransport(handler),
+    )
+    (line,) = read_report(summary.report_path)
+    assert line["outcome"] == "updated" and line["difference"] == "status: closed -> open"
+    assert summary.exit_code == 1
+
+
+def test_rows_the_request_did_not_name_stop_the_run(tmp_path: Path) -> None:
+    """An answer naming a conversation we did not ask for stops the run (exit 4)."""
+    asked = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+    stranger = "3c90c3cc-0d44-4b50-8888-8dd25736052f"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json=[{"id": asked, "status": "closed"}, {"id": stranger, "status": "closed"}]
+        )
+
+    path = write_csv(tmp_path / "in.csv", [{"conversation_id": asked, "status": "closed"}])
+    summary: RunSummary = run(
+        RunSettings(
+            path,
+            token="t",
+            base_url="https://api.example.test/api/v1",
+            rate=None,
+            run_dir=tmp_path / "run",
+        ),
+        transport=httpx.MockTransport(handler),
+    )
+    assert summary.exit_code == 4
+    assert stranger in str(summary.stopped)
