@@ -192,23 +192,21 @@ class InputFile:
             yield chunk
 
     def _parquet_chunks(self, chunk_rows: int) -> Iterator[list[InputRow]]:
-        import pyarrow as pa
-
-        parquet_file = _open_parquet(self.path, self.name)
+        parquet_file, _, _ = _open_parquet(self.path, self.name)
         wanted = list(dict.fromkeys(self.columns.values()))
         row_number = 0
         batches = parquet_file.iter_batches(batch_size=chunk_rows, columns=wanted)
         while True:
             try:
                 batch = next(batches, None)
-            except (pa.ArrowException, OSError) as error:
+                if batch is None:
+                    return
+                values = {name: _strings(batch.column(name)) for name in wanted}
+            except _parquet_errors() as error:
                 raise InputError(
                     f"{self.name}: cannot read the rows after row {row_number}: "
                     f"{_first_line(error)}; the file may be damaged, export it again"
                 ) from None
-            if batch is None:
-                return
-            values = {name: _strings(batch.column(name)) for name in wanted}
             ids = values[self.columns[ID_FIELD]]
             field_values: list[Any] = [
                 values[self.columns[field]] if field in self.columns else repeat(None)
@@ -479,17 +477,18 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
             f"{name} is an incomplete Parquet file (the end marker is missing: a truncated "
             "download or copy?); export or copy it again"
         )
-    parquet_file = _open_parquet(path, name)
-    schema = parquet_file.schema_arrow
+    _, schema, row_count = _open_parquet(path, name)
     indexes = _resolve_columns(schema.names, column_map, name)
     for field, index in indexes.items():
         column_type = schema.field(index).type
         if pa.types.is_nested(column_type):
+            column = schema.names[index]
+            read_as = "" if _normalise_name(column) == field else f" (read as {field})"
             raise InputError(
-                f"{name}: column {schema.names[index]!r} ({field}) holds nested values "
+                f"{name}: column {column!r}{read_as} holds nested values "
                 f"({column_type}); it must hold one plain value per row"
             )
-    if parquet_file.metadata.num_rows == 0:
+    if row_count == 0:
         raise InputError(f"{name} has columns but no rows")
     return InputFile(
         path,
@@ -502,18 +501,27 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
     )
 
 
-def _open_parquet(path: Path, name: str) -> Any:
-    import pyarrow as pa
+def _open_parquet(path: Path, name: str) -> tuple[Any, Any, int]:
+    """The pyarrow ParquetFile, its Arrow schema and its row count."""
     import pyarrow.parquet as pq
 
     try:
         # Without pre-buffering a row group is read column by column: ~30 MiB less peak memory
         # on a 1M-row file, at no cost on a local disk.
-        return pq.ParquetFile(path, pre_buffer=False)
-    except (pa.ArrowException, OSError) as error:
+        parquet_file = pq.ParquetFile(path, pre_buffer=False)
+        return parquet_file, parquet_file.schema_arrow, parquet_file.metadata.num_rows
+    except _parquet_errors() as error:
         raise InputError(
             f"{name} is not a readable Parquet file ({_first_line(error)}); export it again"
         ) from None
+
+
+def _parquet_errors() -> tuple[type[Exception], ...]:
+    import pyarrow as pa
+
+    # A damaged file also surfaces as UnicodeDecodeError (a ValueError) from pyarrow's own
+    # decoding of column names and metadata, not only as ArrowException.
+    return (pa.ArrowException, OSError, ValueError)
 
 
 def _strings(array: pyarrow.Array | pyarrow.ChunkedArray) -> list[str]:

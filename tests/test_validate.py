@@ -309,3 +309,94 @@ def test_csv_written_by_the_csv_module_reads_back_exactly(
             zip(ids, cells, strict=True), 1
         )
     ]
+
+
+# --- fuzz: random files through the reader and the validator --------------------------------
+
+_HEADERS = [
+    b"conversation_id,inbox_id,assignee_id,status\n",
+    b"\xef\xbb\xbfID;Status;Assignee_ID\r\n",
+    b"id\tinbox_id\n",
+    b"conversation_id|status|note\n",
+]
+_FRAGMENTS = [
+    ID_1.encode(),
+    ID_2.upper().encode(),
+    b" null ",
+    b"NULL",
+    b"closed",
+    b"Archived",
+    b",",
+    b";",
+    b"\t",
+    b"|",
+    b'"',
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b"\x00",
+    b"\xff",
+    b"\xc3\xa9",
+    "😀".encode(),
+    b"\xef\xbb\xbf",
+    b"PK\x03\x04",
+    b"PAR1",
+]
+
+
+def _parquet_bytes() -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"conversation_id": [ID_1, "x"], "status": ["Open", None]}), buffer)
+    return buffer.getvalue()
+
+
+_PARQUET = _parquet_bytes()
+
+fuzz_files = st.one_of(
+    st.tuples(st.binary(max_size=400), st.just(".csv")),
+    st.tuples(
+        st.builds(
+            lambda header, parts: header + b"".join(parts),
+            st.sampled_from(_HEADERS),
+            st.lists(st.sampled_from(_FRAGMENTS) | st.binary(max_size=6), max_size=40),
+        ),
+        st.sampled_from([".csv", ".tsv"]),
+    ),
+    st.tuples(
+        st.builds(
+            # A real Parquet file with bytes overwritten or cut: pyarrow's error paths.
+            lambda at, junk, cut: (_PARQUET[:at] + junk + _PARQUET[at + len(junk) :])[:cut],
+            st.integers(0, len(_PARQUET)),
+            st.binary(min_size=1, max_size=8),
+            st.integers(0, len(_PARQUET)) | st.just(len(_PARQUET)),
+        ),
+        st.just(".parquet"),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fuzz_files)
+def test_random_files_give_input_errors_or_rows_the_api_accepts(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[bytes, str]
+) -> None:
+    """Random bytes as an input file never crash: either InputError, or rows that validate to
+    InvalidRow or to a RowRequest the API would accept."""
+    content, suffix = case
+    path = tmp_path_factory.mktemp("fuzz") / f"input{suffix}"
+    path.write_bytes(content)
+    try:
+        with open_input(path) as input_file:
+            for chunk in input_file.chunks(7):
+                for input_row in chunk:
+                    assert input_row.row >= 1
+                    result = validate_row(input_row, {})
+                    if isinstance(result, RowRequest):
+                        assert_acceptable(result)
+                    else:
+                        assert result.reason
+    except InputError as error:
+        assert str(error) and "\n" not in str(error)
