@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -196,5 +197,22 @@ def run_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(config, state, args.host, args.port)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        serve(config, state, args.host, args.port)
+    except (KeyboardInterrupt, _Stopped):
+        # uvicorn shuts down gracefully, then re-raises the signal: for a server, Ctrl+C or
+        # SIGTERM is the normal way to stop.
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("mateo-bulk sandbox: stopped", file=sys.stderr)
     return 0
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise _Stopped
