@@ -245,8 +245,7 @@ cell_values = st.one_of(
 def test_every_request_holds_values_the_api_accepts(
     conversation_id: str, inbox: str | None, assignee: str | None, status: str | None
 ) -> None:
-    """Whatever the cells, a RowRequest has a canonical uuid id, canonical uuids, a known status,
-    null only for assignee_id, and at least one field; anything else is an InvalidRow."""
+    """Whatever the cells, the result is an InvalidRow or a RowRequest the API would accept."""
     result = validate_row(row(conversation_id, inbox, assignee, status), {})
     if isinstance(result, InvalidRow):
         assert result.reason
@@ -383,8 +382,7 @@ fuzz_files = st.one_of(
 def test_random_files_give_input_errors_or_rows_the_api_accepts(
     tmp_path_factory: pytest.TempPathFactory, case: tuple[bytes, str]
 ) -> None:
-    """Random bytes as an input file never crash: either InputError, or rows that validate to
-    InvalidRow or to a RowRequest the API would accept."""
+    """Random bytes as an input file give an InputError or rows the API would accept, no crash."""
     content, suffix = case
     path = tmp_path_factory.mktemp("fuzz") / f"input{suffix}"
     path.write_bytes(content)
