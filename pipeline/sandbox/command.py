@@ -112,7 +112,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         flag = flag_for(spec)
         meta = spec.metadata
         group = groups[meta["group"]]
-        help_text = meta["help"]
+        help_text = meta["flag_help"] or meta["help"]
         if spec.name == "token":
             group.add_argument(
                 flag,
@@ -135,7 +135,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                 help=f"{help_text} (default: %(default)s)",
             )
         else:
-            default_text = "off" if spec.default is None else "%(default)s"
+            default_text = meta["default_text"] or (
+                "off" if spec.default is None else "%(default)s"
+            )
             group.add_argument(
                 flag,
                 dest=spec.name,

@@ -31,9 +31,13 @@ def _switch(
     choices: tuple[str, ...] | None = None,
     kind: type | None = None,
     metavar: str | None = None,
+    flag_help: str | None = None,
+    default_text: str | None = None,
 ) -> Any:
     metadata = {
         "help": help,
+        "flag_help": flag_help,
+        "default_text": default_text,
         "group": group,
         "flag": flag,
         "choices": choices,
@@ -102,7 +106,7 @@ class SandboxConfig:
     max_url_length: int | None = _switch(
         None,
         "longest request target (path and query, in bytes) accepted; longer ones get nginx's "
-        "414 HTML page (off by default)",
+        "414 HTML page",
         group="unknowns",
         kind=int,
         metavar="BYTES",
@@ -112,34 +116,49 @@ class SandboxConfig:
     # --- Limits -------------------------------------------------------------------------------
     rate: float | None = _switch(
         None,
-        "token-bucket request rate in requests per second (off by default; Mateo: 2)",
+        "token-bucket request rate in requests per second (Mateo: 2)",
         group="limits",
         kind=float,
         metavar="RPS",
     )
     burst: int | None = _switch(
         None,
-        "token-bucket size: requests allowed at once (default: the rate rounded up, at least 1)",
+        "token-bucket size: requests allowed at once",
         group="limits",
+        default_text="the rate rounded up, at least 1",
         kind=int,
         metavar="N",
     )
     daily_quota: int | None = _switch(
         None,
-        "requests allowed per day, refused ones included (off by default; Mateo: 10000)",
+        "requests allowed per day, refused ones included (Mateo: 10000)",
         group="limits",
         kind=int,
         metavar="N",
     )
-    ratelimit_limit_header: bool = _switch(True, "send the ratelimit-limit header", group="limits")
+    ratelimit_limit_header: bool = _switch(
+        True,
+        "send the ratelimit-limit header",
+        group="limits",
+        flag_help="do not send the ratelimit-limit header",
+    )
     ratelimit_remaining_header: bool = _switch(
-        True, "send the ratelimit-remaining header", group="limits"
+        True,
+        "send the ratelimit-remaining header",
+        group="limits",
+        flag_help="do not send the ratelimit-remaining header",
     )
     ratelimit_reset_header: bool = _switch(
-        True, "send the ratelimit-reset header (seconds)", group="limits"
+        True,
+        "send the ratelimit-reset header (seconds)",
+        group="limits",
+        flag_help="do not send the ratelimit-reset header",
     )
     retry_after_header: bool = _switch(
-        True, "send Retry-After (whole seconds) on a 429", group="limits"
+        True,
+        "send Retry-After (whole seconds) on a 429",
+        group="limits",
+        flag_help="do not send Retry-After on a 429",
     )
     ratelimit_window: str = _switch(
         "rate",
@@ -152,7 +171,7 @@ class SandboxConfig:
     # --- The request cut-off ------------------------------------------------------------------
     cutoff_seconds: float | None = _switch(
         None,
-        "cut off requests slower than this many seconds with an error (Mateo documents 2; "
+        "answer requests slower than this many seconds with an error (Mateo documents 2; "
         "only added latency makes a request slow)",
         group="cutoff",
         flag="--cutoff",
@@ -170,10 +189,11 @@ class SandboxConfig:
     )
     cutoff_commits: bool = _switch(
         True,
-        "a cut-off PATCH is still committed (the gateway gave up, the database did not); "
-        "--cutoff-rollback makes it change nothing",
+        "a cut-off PATCH is still committed (the gateway gave up, the database did not)",
         group="cutoff",
         flag="--cutoff-rollback",
+        flag_help="a cut-off PATCH changes nothing (default: it is committed, as when a gateway "
+        "gives up while the database carries on)",
     )
 
     # --- Faults -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The sandbox's conversations, inboxes and agents: read from CSV or generated deterministically.
 
-`sample_data/` is made by this module (`python -m pipeline.sandbox.data sample_data`), so the
-file and `generate_dataset(300)` hold the same rows.
+`sample_data/` is made from `generate_dataset(300)` (`python -m pipeline.sandbox.sample_data`),
+so the files and the generator hold the same rows.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -343,16 +342,3 @@ def find_default_seed() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def main(argv: list[str]) -> int:
-    """Regenerate the sample files: `python -m pipeline.sandbox.data DIRECTORY [N [SEED]]`."""
-    directory = Path(argv[0]) if argv else Path("sample_data")
-    size = int(argv[1]) if len(argv) > 1 else SAMPLE_SIZE
-    seed = int(argv[2]) if len(argv) > 2 else SAMPLE_SEED
-    write_dataset(generate_dataset(size, seed), directory)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
