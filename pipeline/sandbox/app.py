@@ -349,6 +349,9 @@ class SandboxApp:
             updated = state.update(matched, changes)
             ids = [row["id"] for row in updated]
             wants_body = prefer.representation or (config.select_returns_body and query.has_select)
+            if wants_body and query.order:
+                # PostgREST >= 13 orders the returned representation by ?order=.
+                updated = sort_rows(updated, query.order)
             shaped = [project(row, query.select) for row in updated] if wants_body else []
         if count == 0 and config.zero_match_404:
             raise ApiError(
