@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS
 from pipeline.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
-from pipeline.runner import RunSettings, RunSummary, run
+from pipeline.runner import RunSettings, RunSummary, export_report, resume, run, run_status
 from pipeline.validate import parse_fixed_values
 
 TOKEN_VARIABLE = "MATEO_API_TOKEN"
@@ -58,16 +58,20 @@ def _assignment(text: str) -> str:
     return text
 
 
+def _add_token_argument(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"read the API token from this file (default: the {TOKEN_VARIABLE} variable)",
+    )
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
     )
     source = parser.add_argument_group("API")
-    source.add_argument(
-        "--token-file",
-        metavar="PATH",
-        help=f"read the API token from this file (default: the {TOKEN_VARIABLE} variable)",
-    )
+    _add_token_argument(source)
     source.add_argument(
         "--base-url",
         metavar="URL",
@@ -179,6 +183,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run_command)
 
+    resume_parser = commands.add_parser(
+        "resume",
+        help="continue a stopped run: rows already done are not sent again",
+        description="Continue a stopped run from its journal; rows with a final outcome are "
+        "not sent again. The token is read again (it is never stored).",
+    )
+    resume_parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    _add_token_argument(resume_parser)
+    resume_parser.add_argument(
+        "--retry-failed", action="store_true", help="also send the rows that ended `failed`"
+    )
+    resume_parser.add_argument(
+        "--report", type=Path, metavar="PATH", help="report file (default: the run's own)"
+    )
+    resume_parser.add_argument("--quiet", action="store_true", help="no progress display")
+    resume_parser.set_defaults(handler=_resume_command)
+
+    status_parser = commands.add_parser(
+        "status", help="show a run's progress, outcomes and settings, finished or not"
+    )
+    status_parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    status_parser.set_defaults(handler=_status_command)
+
+    report_parser = commands.add_parser(
+        "report", help="write a run's report again, in another format or place"
+    )
+    report_parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    report_parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        required=True,
+        help="the report file: .csv, .parquet or .jsonl",
+    )
+    report_parser.set_defaults(handler=_report_command)
+
     from pipeline.sandbox import command as sandbox_command
 
     sandbox_parser = commands.add_parser(
@@ -259,9 +299,7 @@ def _run_command(args: argparse.Namespace) -> int:
         # Mateo's documented limits, so the demo shows what a real run feels like.
         with running_sandbox(SandboxConfig(rate=2.0, daily_quota=10_000)) as sandbox:
             print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
-            settings = dataclasses.replace(
-                settings, base_url=sandbox.base_url, token=sandbox.token
-            )
+            settings = dataclasses.replace(settings, base_url=sandbox.base_url, token=sandbox.token)
             summary = _run_with_display(settings, args.quiet)
     else:
         summary = _run_with_display(settings, args.quiet)
@@ -272,6 +310,45 @@ def _run_command(args: argparse.Namespace) -> int:
 def _run_with_display(settings: RunSettings, quiet: bool) -> RunSummary:
     with _progress_display(quiet) as display:
         return run(settings, on_progress=display)
+
+
+def _resume_command(args: argparse.Namespace) -> int:
+    token = _read_token(args)
+    with _progress_display(args.quiet) as display:
+        summary = resume(
+            args.run_dir,
+            token=token,
+            retry_failed=args.retry_failed,
+            report=args.report,
+            on_progress=display,
+        )
+    _print_summary(summary)
+    return summary.exit_code
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    status = run_status(args.run_dir)
+    meta = status.meta
+    print(f"run: {status.run_dir}")
+    print(
+        f"state: {status.state}"
+        + (f" ({meta['stop_reason']})" if status.state == "stopped" else "")
+    )
+    print(f"input: {meta.get('input')} ({status.total_rows:,} rows)")
+    print(f"progress: {status.done:,} of {status.total_rows:,} rows done")
+    for outcome, count in status.counts.items():
+        if count:
+            print(f"  {outcome.value:<10} {count:>10,}")
+    print("settings:")
+    for name, value in meta.get("settings", {}).items():
+        print(f"  {name}: {value}")
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    rows = export_report(args.run_dir, args.report)
+    print(f"report: {args.report} ({rows:,} rows)")
+    return 0
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -293,6 +370,8 @@ def _print_summary(summary: RunSummary) -> None:
     else:
         advice = str(stop)
     print(f"mateo-bulk: stopped early: {advice}", file=sys.stderr)
+    if isinstance(stop, RunStopped):
+        print(f"mateo-bulk: to continue: mateo-bulk resume {summary.run_dir}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except MateoBulkError as error:
         print(f"mateo-bulk: {error}", file=sys.stderr)
+        if isinstance(error, RunStopped) and getattr(args, "run_dir", None):
+            print(f"mateo-bulk: to continue: mateo-bulk resume {args.run_dir}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("mateo-bulk: interrupted", file=sys.stderr)

@@ -103,6 +103,9 @@ def summary_text(summary: RunSummary) -> str:
             "target (see the report's difference column)"
         )
     lines += [f"  note: {notice}" for notice in summary.notices]
-    lines.append(f"report: {summary.report_path}")
+    if summary.report_path:
+        lines.append(f"report: {summary.report_path}")
+    if summary.failures_path:
+        lines.append(f"failed and rejected rows, to fix and run again: {summary.failures_path}")
     lines.append(f"run directory: {summary.run_dir}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import InputError
-from pipeline.models import FIELDS, Outcome, RowResult
+from pipeline.models import FIELDS, RowResult
 
 #: Report columns, a contract other tools read; add new ones at the end.
 COLUMNS: tuple[str, ...] = (
@@ -131,49 +131,72 @@ def _open_writer(path: Path, suffix: str) -> _Writer:
     return _CsvWriter(path)
 
 
-class OrderedReport:
-    """Takes results in any order and writes them in input order, with counts per outcome.
+def write_report(results: Iterable[RowResult], path: Path) -> int:
+    """Write results (in row order) to `path`, whose suffix picks the format; return the count.
 
-    Only results that arrive ahead of an earlier row wait in memory (rows still in a group or
-    in flight), so the report streams whatever the size of the input. The file appears under
-    its name only once complete.
+    The file appears under its name only once complete, so a report is never half written.
     """
-
-    def __init__(self, path: Path) -> None:
-        check_report_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._partial = path.with_name(path.name + ".partial")
-        self._writer = _open_writer(self._partial, path.suffix.lower())
-        self._waiting: dict[int, RowResult] = {}
-        self._next_row = 1
-        self.counts: dict[Outcome, int] = {outcome: 0 for outcome in Outcome}
-        self.differences = 0
-
-    @property
-    def done(self) -> int:
-        return self._next_row - 1 + len(self._waiting)
-
-    def add(self, results: Iterable[RowResult]) -> None:
+    check_report_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    writer = _open_writer(partial, path.suffix.lower())
+    written = 0
+    try:
+        batch: list[dict[str, Any]] = []
         for result in results:
-            self._waiting[result.row] = result
-            self.counts[result.outcome] += 1
-            if result.difference:
-                self.differences += 1
-        ready = []
-        while self._next_row in self._waiting:
-            ready.append(result_record(self._waiting.pop(self._next_row)))
-            self._next_row += 1
-        if ready:
-            self._writer.write(ready)
+            batch.append(result_record(result))
+            if len(batch) >= 10_000:
+                writer.write(batch)
+                written += len(batch)
+                batch = []
+        writer.write(batch)
+        written += len(batch)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(partial, path)
+    return written
 
-    def close(self) -> None:
-        """Finish the file; every row must have been added."""
-        self._writer.close()
-        if self._waiting:
-            raise AssertionError(f"rows {sorted(self._waiting)[:5]} arrived after a gap")
-        os.replace(self._partial, self.path)
 
-    def abandon(self) -> None:
-        self._writer.close()
-        self._partial.unlink(missing_ok=True)
+#: Columns of the failures file: a valid input for another run, with why each row failed.
+FAILURE_COLUMNS: tuple[str, ...] = (
+    "conversation_id",
+    *FIELDS,
+    "row",
+    "outcome",
+    "http_status",
+    "error_code",
+    "error_message",
+)
+
+
+def write_failures(results: Iterable[RowResult], path: Path) -> int:
+    """The failed and rejected rows as an input file (CSV or Parquet by suffix): fix, run again."""
+    records = []
+    for result in results:
+        target = result.change.body()
+        record: dict[str, Any] = {"conversation_id": result.conversation_id}
+        record.update({name: cell(target, name) or "" for name in FIELDS})
+        record.update(
+            row=result.row,
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            error_code=result.error_code,
+            error_message=result.error_message,
+        )
+        records.append(record)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        integer = {"row": pa.int64(), "http_status": pa.int32()}
+        schema = pa.schema([(name, integer.get(name, pa.string())) for name in FAILURE_COLUMNS])
+        pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    else:
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=FAILURE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(records)
+    return len(records)

@@ -1,44 +1,41 @@
-"""Puts the stages in order: read → validate → group → send → report. The Python API.
+"""Puts the stages in order — prepare → group → send → journal → report — and is the Python API.
 
-    from pipeline import RunSettings, run
-    summary = run(RunSettings("reassign.csv", token=token))
-    print(summary.counts, summary.report_path)
-
-The input is read twice: once to validate every row and find duplicates before anything is
-sent (so `--strict` can refuse a file, and a conversation listed twice with different targets
-is caught even when the rows are far apart), then again to send. Both passes stream, so memory
-stays flat however large the file.
+from pipeline.runner import RunSettings, run, resume
+summary = run(RunSettings("reassign.csv", token=token))
+print(summary.counts, summary.report_path)
+# stopped (exit_code 3)? later:
+summary = resume(summary.run_dir, token=token)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 from anyio import CancelScope
-from anyio.abc import ObjectSendStream, TaskGroup
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, MateoClient, check_base_url
 from pipeline.errors import InputError, Interrupted, MateoBulkError
 from pipeline.grouping import Grouper
-from pipeline.models import InvalidRow, Outcome, RowRequest, RowResult
+from pipeline.journal import Journal
+from pipeline.models import Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
-from pipeline.reader import InputFile, InputRow, open_input
-from pipeline.report import OrderedReport, check_report_path
+from pipeline.prepare import Validation, sort_chunk, validate_file
+from pipeline.reader import InputFile, open_input
+from pipeline.report import check_report_path, write_failures, write_report
 from pipeline.send import RunControl, Sender, row_results
-from pipeline.validate import validate_row
-
-_MASK_64 = (1 << 64) - 1
-_MASK_32 = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
@@ -70,13 +67,13 @@ class RunSettings:
         """Raise InputError for a value no run could use."""
         if self.rate is not None and not self.rate > 0:
             raise InputError("--rate must be a positive number of requests per second")
-        for name, value, low in (
-            ("--concurrency", self.concurrency, 1),
-            ("--max-attempts", self.max_attempts, 1),
-            ("--batch-size", self.batch_size, 1),
+        for name, value in (
+            ("--concurrency", self.concurrency),
+            ("--max-attempts", self.max_attempts),
+            ("--batch-size", self.batch_size),
         ):
-            if value < low:
-                raise InputError(f"{name} must be at least {low}")
+            if value < 1:
+                raise InputError(f"{name} must be at least 1")
         if self.batch_size > 100:
             # Past ~100 uuids an `in.(…)` URL nears the 8 KB that proxies accept.
             raise InputError("--batch-size must be at most 100")
@@ -98,6 +95,29 @@ class RunSettings:
             except (UnicodeEncodeError, ValueError):
                 raise InputError("the API token holds characters a header cannot carry") from None
 
+    def to_meta(self) -> dict[str, Any]:
+        """The settings as JSON values, without the token: what the journal keeps."""
+        values = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name == "token":
+                continue
+            values[spec.name] = str(value) if isinstance(value, Path) else value
+        values["column_map"] = dict(self.column_map)
+        values["fixed_values"] = dict(self.fixed_values)
+        return values
+
+    @classmethod
+    def from_meta(cls, values: Mapping[str, Any], token: str) -> RunSettings:
+        paths = {"run_dir", "report"}
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        arguments: dict[str, Any] = {
+            name: (Path(value) if name in paths and value is not None else value)
+            for name, value in values.items()
+            if name in known
+        }
+        return cls(**{**arguments, "token": token})
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -108,23 +128,25 @@ class Progress:
     counts: Mapping[Outcome, int]
     requests: int
     elapsed: float
+    rate: float | None = None
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a finished (or stopped) run did."""
+    """What a finished (or stopped) run did, over all its sessions."""
 
     counts: Mapping[Outcome, int]
     total_rows: int
     requests: int
     retries: int
-    report_path: Path
+    report_path: Path | None
     run_dir: Path
     elapsed: float
     dry_run: bool
     differences: int = 0
     stopped: MateoBulkError | None = None
     notices: tuple[str, ...] = ()
+    failures_path: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -138,100 +160,6 @@ class RunSummary:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(frozen=True)
-class _Duplicates:
-    """Conversations listed more than once, found by the validation pass."""
-
-    #: uuid (as int) -> first row, for conversations listed with different targets.
-    conflicting: dict[int, int]
-    #: first row -> later rows asking the same: sent once, reported on each row.
-    followers_of: dict[int, list[int]]
-    follower_rows: frozenset[int]
-
-
-@dataclass(frozen=True)
-class _Validation:
-    total_rows: int
-    invalid_rows: int
-    first_invalid: InvalidRow | None
-    duplicates: _Duplicates
-
-
-def _id_key(conversation_id: str) -> int:
-    return int(conversation_id.replace("-", ""), 16)
-
-
-def _validate_all(input_file: InputFile, fixed: Mapping[str, str | None]) -> _Validation:
-    """The first pass: count rows, find invalid ones and duplicates, keep no rows in memory."""
-    # Per conversation: its first row, packed with a 64-bit hash of its change, in one int:
-    # a million ids then cost ~120 MB, where a dict of records would cost several times that.
-    # The hash is only compared between rows of one conversation, so a collision is moot.
-    seen: dict[int, int] = {}
-    conflicting: dict[int, int] = {}
-    followers_of: dict[int, list[int]] = {}
-    total = invalid = 0
-    first_invalid: InvalidRow | None = None
-    for chunk in input_file.chunks():
-        total += len(chunk)
-        for input_row in chunk:
-            checked = validate_row(input_row, fixed)
-            if isinstance(checked, InvalidRow):
-                invalid += 1
-                first_invalid = first_invalid or checked
-                continue
-            key = _id_key(checked.conversation_id)
-            packed = (hash(checked.change) & _MASK_64) << 32 | checked.row
-            previous = seen.setdefault(key, packed)
-            if previous == packed:
-                continue
-            if previous >> 32 != packed >> 32:
-                conflicting.setdefault(key, previous & _MASK_32)
-            else:
-                followers_of.setdefault(previous & _MASK_32, []).append(checked.row)
-    for first_row in conflicting.values():
-        # Rows of a conflicting conversation are all invalid: none is sent, none follows.
-        followers_of.pop(first_row, None)
-    follower_rows = frozenset(row for rows in followers_of.values() for row in rows)
-    return _Validation(
-        total, invalid, first_invalid, _Duplicates(conflicting, followers_of, follower_rows)
-    )
-
-
-def _sort_chunk(
-    chunk: list[InputRow], fixed: Mapping[str, str | None], duplicates: _Duplicates
-) -> tuple[list[RowResult], list[RowRequest]]:
-    """The second pass over one chunk: rows to report as invalid now, and rows to send."""
-    invalid: list[RowResult] = []
-    to_send: list[RowRequest] = []
-    for input_row in chunk:
-        checked = validate_row(input_row, fixed)
-        if isinstance(checked, InvalidRow):
-            invalid.append(
-                RowResult(
-                    checked.row,
-                    checked.conversation_id,
-                    Outcome.INVALID,
-                    error_message=checked.reason,
-                )
-            )
-            continue
-        first = duplicates.conflicting.get(_id_key(checked.conversation_id))
-        if first is not None:
-            invalid.append(
-                RowResult(
-                    checked.row,
-                    checked.conversation_id,
-                    Outcome.INVALID,
-                    change=checked.change,
-                    error_message="the conversation is listed more than once with different "
-                    f"targets (first in row {first}); give each conversation one target",
-                )
-            )
-        elif checked.row not in duplicates.follower_rows:
-            to_send.append(checked)
-    return invalid, to_send
 
 
 def default_run_dir(input_path: str | Path) -> Path:
@@ -257,18 +185,45 @@ def run(
     ends up in the summary: per-row outcomes in `counts` and the report, a run-wide stop
     (auth, interrupt, safety) in `stopped`.
     """
-    return anyio.run(
-        lambda: run_async(settings, on_progress=on_progress, transport=transport),
-        backend_options={"use_uvloop": _has_uvloop()},
+    return _run_in_loop(run_async(settings, on_progress=on_progress, transport=transport))
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    token: str,
+    retry_failed: bool = False,
+    report: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """Continue a stopped run: rows with a final outcome are not sent again.
+
+    Raises InputError if the input file changed since the run started.
+    """
+    return _run_in_loop(
+        resume_async(
+            run_dir,
+            token=token,
+            retry_failed=retry_failed,
+            report=report,
+            on_progress=on_progress,
+            transport=transport,
+        )
     )
 
 
-def _has_uvloop() -> bool:
+def _run_in_loop(coroutine: Any) -> RunSummary:
+    async def main() -> RunSummary:
+        return await coroutine  # type: ignore[no-any-return]
+
     try:
         import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
     except ImportError:
-        return False
-    return True
+        options = {}
+    return anyio.run(main, backend_options=options)
 
 
 async def run_async(
@@ -279,79 +234,175 @@ async def run_async(
 ) -> RunSummary:
     """The same as `run`, inside a running event loop."""
     settings.check()
-    started = time.monotonic()
-    with open_input(
-        settings.input, column_map=settings.column_map, delimiter=settings.delimiter
-    ) as input_file:
-        validation = await anyio.to_thread.run_sync(
-            _validate_all, input_file, settings.fixed_values
+    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(settings.input)
+    settings = dataclasses.replace(settings, run_dir=run_dir)
+    if (run_dir / "journal.sqlite").exists():
+        Journal.create(run_dir, {})  # raises the "already holds a run" error
+    made_run_dir = not run_dir.exists()
+    try:
+        if str(settings.input) == "-":
+            # Kept in the run directory so that the run can be resumed.
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with (run_dir / "stdin.csv").open("wb") as copy:
+                shutil.copyfileobj(sys.stdin.buffer, copy)
+            settings = dataclasses.replace(settings, input=run_dir / "stdin.csv")
+        input_file = open_input(
+            settings.input, column_map=settings.column_map, delimiter=settings.delimiter
         )
-        if settings.strict and (validation.invalid_rows or validation.duplicates.conflicting):
-            first = validation.first_invalid
-            detail = f" (first: row {first.row}: {first.reason})" if first else ""
-            conflicts = len(validation.duplicates.conflicting)
-            if conflicts:
-                detail += f"; {conflicts} conversations are listed with different targets"
-            raise InputError(
-                f"{validation.invalid_rows} of {validation.total_rows} rows are invalid"
-                f"{detail}; nothing was sent (--strict)"
+        with input_file:
+            validation = await anyio.to_thread.run_sync(
+                validate_file, input_file, settings.fixed_values
             )
-        run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(settings.input)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_settings(run_dir, settings, input_file, validation)
-        report = OrderedReport(Path(settings.report) if settings.report else run_dir / "report.csv")
-        control = RunControl()
-        try:
-            await _pipeline(
+            problem = validation.problem()
+            if settings.strict and problem:
+                raise InputError(f"{problem}; nothing was sent (--strict)")
+            fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
+            meta = {
+                "settings": settings.to_meta(),
+                "input": str(Path(settings.input).resolve()),
+                "input_format": input_file.format,
+                "fingerprint": str(fingerprint),
+                "rows": validation.total_rows,
+                "state": "running",
+                "started_at": _now(),
+            }
+            with Journal.create(run_dir, meta) as journal:
+                return await _execute(
+                    settings,
+                    journal,
+                    input_file,
+                    validation,
+                    retry_failed=False,
+                    on_progress=on_progress,
+                    transport=transport,
+                )
+    except InputError:
+        if made_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+async def resume_async(
+    run_dir: str | Path,
+    *,
+    token: str,
+    retry_failed: bool = False,
+    report: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """The same as `resume`, inside a running event loop."""
+    with Journal.open(Path(run_dir)) as journal:
+        journal.lock()
+        meta = journal.meta()
+        settings = RunSettings.from_meta(meta["settings"], token)
+        settings = dataclasses.replace(settings, input=meta["input"], run_dir=Path(run_dir))
+        if report is not None:
+            settings = dataclasses.replace(settings, report=report)
+        if settings.dry_run:
+            raise InputError(f"{run_dir} was a dry run: start a real one with `mateo-bulk run`")
+        settings.check()
+        input_file = open_input(
+            settings.input, column_map=settings.column_map, delimiter=settings.delimiter
+        )
+        with input_file:
+            fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
+            if str(fingerprint) != meta["fingerprint"]:
+                raise InputError(
+                    f"{settings.input} has changed since the run started, so the journal's row "
+                    "numbers no longer match it; restore the original file or start a new run"
+                )
+            validation = await anyio.to_thread.run_sync(
+                validate_file, input_file, settings.fixed_values
+            )
+            journal.set_meta({"state": "running", "resumed_at": _now()})
+            return await _execute(
                 settings,
+                journal,
                 input_file,
                 validation,
-                report,
-                control,
-                started,
-                on_progress,
-                transport,
+                retry_failed=retry_failed,
+                on_progress=on_progress,
+                transport=transport,
             )
-        except BaseException:
-            report.abandon()
-            raise
-        report.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+async def _execute(
+    settings: RunSettings,
+    journal: Journal,
+    input_file: InputFile,
+    validation: Validation,
+    *,
+    retry_failed: bool,
+    on_progress: ProgressCallback | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> RunSummary:
+    started = time.monotonic()
+    control = RunControl()
+    try:
+        await _pipeline(
+            settings,
+            journal,
+            input_file,
+            validation,
+            control,
+            retry_failed,
+            started,
+            on_progress,
+            transport,
+        )
+    except BaseException as error:
+        reason = error if isinstance(error, MateoBulkError) else Interrupted("stopped at once")
+        journal.set_meta({"state": "stopped", "stop_reason": str(reason), "stopped_at": _now()})
+        raise
+    assert settings.run_dir is not None
+    if control.aborted:
+        control.stop_reason = Interrupted(
+            "stopped at once by a second signal; the journal keeps every confirmed row, "
+            "the report was not written"
+        )
+    stopped = control.stop_reason
+    journal.set_meta(
+        {"state": "stopped", "stop_reason": str(stopped), "stopped_at": _now()}
+        if stopped
+        else {"state": "finished", "finished_at": _now()}
+    )
+    report_path: Path | None = None
+    failures_path = None
+    if not control.aborted:
+        report_path = Path(settings.report) if settings.report else settings.run_dir / "report.csv"
+        write_report(journal.results(), report_path)
+    if report_path and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED])):
+        suffix = ".parquet" if input_file.format == "parquet" else ".csv"
+        failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
+        write_failures(journal.results([Outcome.FAILED, Outcome.REJECTED]), failures_path)
     return RunSummary(
-        counts=dict(report.counts),
+        counts=journal.counts(),
         total_rows=validation.total_rows,
         requests=control.requests,
         retries=control.retries,
-        report_path=report.path,
-        run_dir=run_dir,
+        report_path=report_path,
+        run_dir=settings.run_dir,
         elapsed=time.monotonic() - started,
         dry_run=settings.dry_run,
-        differences=report.differences,
-        stopped=control.stop_reason,
+        differences=journal.differences(),
+        stopped=stopped,
         notices=tuple(control.notices),
+        failures_path=failures_path,
     )
-
-
-def _write_settings(
-    run_dir: Path, settings: RunSettings, input_file: InputFile, validation: _Validation
-) -> None:
-    described = {
-        name: (str(value) if isinstance(value, Path) else value)
-        for name, value in dataclasses.asdict(settings).items()
-        if name != "token"
-    }
-    described["input"] = str(settings.input)
-    described["rows"] = validation.total_rows
-    described["invalid_rows"] = validation.invalid_rows
-    described["columns"] = dict(input_file.columns)
-    (run_dir / "run.json").write_text(json.dumps(described, indent=2, default=str) + "\n")
 
 
 async def _pipeline(
     settings: RunSettings,
+    journal: Journal,
     input_file: InputFile,
-    validation: _Validation,
-    report: OrderedReport,
+    validation: Validation,
     control: RunControl,
+    retry_failed: bool,
     started: float,
     on_progress: ProgressCallback | None,
     transport: httpx.AsyncBaseTransport | None,
@@ -369,10 +420,11 @@ async def _pipeline(
             await _run_tasks(
                 tasks,
                 settings,
+                journal,
                 input_file,
                 validation,
-                report,
                 control,
+                retry_failed,
                 started,
                 on_progress,
                 client,
@@ -383,63 +435,94 @@ async def _pipeline(
         if errors:
             raise errors[0] from None
         raise
-    if control.aborted:
-        raise Interrupted("stopped at once by a second signal; the report was not written")
 
 
 async def _run_tasks(
     tasks: TaskGroup,
     settings: RunSettings,
+    journal: Journal,
     input_file: InputFile,
-    validation: _Validation,
-    report: OrderedReport,
+    validation: Validation,
     control: RunControl,
+    retry_failed: bool,
     started: float,
     on_progress: ProgressCallback | None,
     client: MateoClient,
 ) -> None:
-    duplicates = validation.duplicates
     send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](2)
-    send_results, receive_results = anyio.create_memory_object_stream[list[RowResult]](64)
+    send_results, receive_results = anyio.create_memory_object_stream[list[RowResult]](16)
     signals = anyio.CancelScope()
     tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
-    tasks.start_soon(_produce, input_file, settings, duplicates, send_rows, send_results.clone())
+    tasks.start_soon(
+        _produce,
+        input_file,
+        settings,
+        validation,
+        journal,
+        retry_failed,
+        send_rows,
+        send_results.clone(),
+    )
+    pacer = Pacer(settings.rate)
     if settings.dry_run:
         receive_rows.close()
     else:
         grouper = Grouper(
             receive_rows, batch_size=settings.batch_size, max_wait=settings.max_group_wait
         )
-        pacer = Pacer(settings.rate)
         sender = Sender(client, pacer, control, grouper, max_attempts=settings.max_attempts)
         tasks.start_soon(
             _send_all, sender, grouper, control, settings.concurrency, send_results.clone()
         )
     send_results.close()
+    counts = journal.counts()
+    done = sum(counts[outcome] for outcome in Outcome if outcome is not Outcome.SKIPPED)
+    counts[Outcome.SKIPPED] = 0  # skipped rows of an earlier session are to be sent now
+    followers_of = validation.duplicates.followers_of
     async with receive_results:
-        async for results in receive_results:
-            report.add(results)
+        async for results in _coalesced(receive_results):
+            results += [
+                dataclasses.replace(result, row=row)
+                for result in results
+                for row in followers_of.get(result.row, ())
+            ]
+            # Durable first: a row counts as done only once its result is committed.
+            journal.record(results)
             for result in results:
-                followers = duplicates.followers_of.get(result.row)
-                if followers:
-                    report.add(dataclasses.replace(result, row=row) for row in followers)
+                counts[result.outcome] += 1
+            done += len(results)
             if on_progress is not None:
                 on_progress(
                     Progress(
-                        report.done,
+                        done,
                         validation.total_rows,
-                        report.counts,
+                        counts,
                         control.requests,
                         time.monotonic() - started,
+                        pacer.rate,
                     )
                 )
     signals.cancel()
 
 
+async def _coalesced(stream: ObjectReceiveStream[list[RowResult]]) -> Any:
+    """Batches of results, merging those already waiting, so one commit covers them all."""
+    async for results in stream:
+        merged = list(results)
+        while True:
+            try:
+                merged += stream.receive_nowait()  # type: ignore[attr-defined]
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        yield merged
+
+
 async def _produce(
     input_file: InputFile,
     settings: RunSettings,
-    duplicates: _Duplicates,
+    validation: Validation,
+    journal: Journal,
+    retry_failed: bool,
     send_rows: ObjectSendStream[list[RowRequest]],
     send_results: ObjectSendStream[list[RowResult]],
 ) -> None:
@@ -447,7 +530,10 @@ async def _produce(
 
     def next_chunk() -> tuple[list[RowResult], list[RowRequest]] | None:
         chunk = next(chunks, None)
-        return None if chunk is None else _sort_chunk(chunk, settings.fixed_values, duplicates)
+        if chunk is None:
+            return None
+        done = journal.done_rows(chunk[0].row, chunk[-1].row, retry_failed=retry_failed)
+        return sort_chunk(chunk, settings.fixed_values, validation.duplicates, done)
 
     async with send_rows, send_results:
         while (sorted_chunk := await anyio.to_thread.run_sync(next_chunk)) is not None:
@@ -498,3 +584,36 @@ async def _watch_signals(control: RunControl, scope: CancelScope, everything: Ca
                     return
                 name = signal.Signals(signum).name
                 control.stop(Interrupted(f"stopped by {name}"))
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands, read from its journal: `mateo-bulk status`."""
+
+    run_dir: Path
+    state: str
+    total_rows: int
+    counts: Mapping[Outcome, int]
+    meta: Mapping[str, Any]
+
+    @property
+    def done(self) -> int:
+        """Rows with a final outcome (skipped rows are still to be sent)."""
+        return sum(
+            count for outcome, count in self.counts.items() if outcome is not Outcome.SKIPPED
+        )
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    with Journal.open(Path(run_dir)) as journal:
+        meta = journal.meta()
+        return RunStatus(
+            Path(run_dir), meta.get("state", "unknown"), meta.get("rows", 0), journal.counts(), meta
+        )
+
+
+def export_report(run_dir: str | Path, path: Path) -> int:
+    """Write the run's report again, in the format `path`'s suffix names; return the rows."""
+    check_report_path(path)
+    with Journal.open(Path(run_dir)) as journal:
+        return write_report(journal.results(), path)

@@ -42,6 +42,7 @@ class RunControl:
         return self.stop_reason is not None
 
     def stop(self, reason: MateoBulkError) -> None:
+        """Ask every worker to stop taking work; in-flight requests finish."""
         # The first reason wins: an auth error followed by the interrupt it provoked is still
         # an auth error.
         if self.stop_reason is None:

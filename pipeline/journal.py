@@ -1,0 +1,216 @@
+"""The run journal: a SQLite file in the run directory that makes a run durable and resumable.
+
+It holds the run's settings and the input's fingerprint, then one record per row once its
+outcome is known. Results are committed a batch at a time, before they count as done, in WAL
+mode with synchronous=NORMAL: a commit survives the process being killed (the OS has it), a
+power cut may lose the last few, and those rows are simply sent again on resume, which is safe
+because a PATCH sets absolute values. The report is exported from here, so a run resumed any
+number of times still has exactly one line per input row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+from pipeline.models import Change, Outcome, RowResult
+
+JOURNAL_NAME = "journal.sqlite"
+#: Outcomes that are final: a resumed run does not send these rows again.
+FINAL_OUTCOMES = frozenset(
+    {
+        Outcome.UPDATED,
+        Outcome.NOT_FOUND,
+        Outcome.REJECTED,
+        Outcome.INVALID,
+        Outcome.FAILED,
+        Outcome.PLANNED,
+    }
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    row INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    attempts INTEGER NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    change TEXT NOT NULL,
+    returned TEXT,
+    difference TEXT
+);
+"""
+
+
+class Journal:
+    """One run's journal; open with `create` (a new run) or `open` (resume, status, report)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.run_dir = path.parent
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.executescript(_SCHEMA)
+        self._lock_file: Any = None
+
+    @classmethod
+    def create(cls, run_dir: Path, meta: dict[str, Any]) -> Journal:
+        path = run_dir / JOURNAL_NAME
+        if path.exists():
+            raise InputError(
+                f"{run_dir} already holds a run: continue it with `mateo-bulk resume {run_dir}` "
+                "or choose another --run-dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        journal = cls(path)
+        journal.lock()
+        journal.set_meta(meta)
+        return journal
+
+    @classmethod
+    def open(cls, run_dir: Path) -> Journal:
+        path = Path(run_dir) / JOURNAL_NAME
+        if not path.is_file():
+            raise InputError(f"{run_dir} is not a run directory (it has no {JOURNAL_NAME})")
+        try:
+            journal = cls(path)
+            journal.meta()
+        except sqlite3.DatabaseError as error:
+            raise InputError(f"{path} cannot be read: {error}") from None
+        return journal
+
+    def lock(self) -> None:
+        """Take the run directory for this process; a second process on it is refused."""
+        self._lock_file = (self.run_dir / ".lock").open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise InputError(f"{self.run_dir} is in use by another mateo-bulk process") from None
+
+    def close(self) -> None:
+        self._connection.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- settings and state ----------------------------------------------------------------
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        with self._transaction():
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(key, json.dumps(value)) for key, value in values.items()],
+            )
+
+    def meta(self) -> dict[str, Any]:
+        rows = self._connection.execute("SELECT key, value FROM meta").fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    # --- results ---------------------------------------------------------------------------
+
+    def record(self, results: Iterable[RowResult]) -> None:
+        """Make results durable; a row recorded again (resume) replaces its earlier record."""
+        with self._transaction():
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_to_record(result) for result in results],
+            )
+
+    def done_rows(self, first: int, last: int, *, retry_failed: bool = False) -> set[int]:
+        """Rows in [first, last] that a resumed run must not send again."""
+        final = {outcome.value for outcome in FINAL_OUTCOMES}
+        if retry_failed:
+            final.discard(Outcome.FAILED.value)
+        placeholders = ",".join("?" * len(final))
+        rows = self._connection.execute(
+            f"SELECT row FROM results WHERE row BETWEEN ? AND ? AND outcome IN ({placeholders})",
+            (first, last, *final),
+        )
+        return {row for (row,) in rows}
+
+    def counts(self) -> dict[Outcome, int]:
+        counts = dict.fromkeys(Outcome, 0)
+        for outcome, count in self._connection.execute(
+            "SELECT outcome, COUNT(*) FROM results GROUP BY outcome"
+        ):
+            counts[Outcome(outcome)] = count
+        return counts
+
+    def differences(self) -> int:
+        (count,) = self._connection.execute(
+            "SELECT COUNT(*) FROM results WHERE outcome = 'updated' AND difference IS NOT NULL"
+        ).fetchone()
+        return int(count)
+
+    def results(self, outcomes: Iterable[Outcome] | None = None) -> Iterator[RowResult]:
+        """Every recorded result in row order (optionally only some outcomes), streamed."""
+        query = "SELECT * FROM results"
+        parameters: tuple[str, ...] = ()
+        if outcomes is not None:
+            parameters = tuple(outcome.value for outcome in outcomes)
+            query += f" WHERE outcome IN ({','.join('?' * len(parameters))})"
+        cursor = self._connection.execute(query + " ORDER BY row", parameters)
+        while batch := cursor.fetchmany(10_000):
+            yield from (_from_record(record) for record in batch)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._connection)
+
+
+class _Transaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> None:
+        self._connection.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._connection.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _to_record(result: RowResult) -> tuple[Any, ...]:
+    return (
+        result.row,
+        result.conversation_id,
+        result.outcome.value,
+        result.http_status,
+        result.attempts,
+        result.error_code,
+        result.error_message,
+        json.dumps(result.change.values),
+        None if result.returned is None else json.dumps(dict(result.returned)),
+        result.difference,
+    )
+
+
+def _from_record(record: tuple[Any, ...]) -> RowResult:
+    row, conversation_id, outcome, status, attempts, code, message, change, returned, diff = record
+    return RowResult(
+        row,
+        conversation_id,
+        Outcome(outcome),
+        change=Change(tuple(tuple(pair) for pair in json.loads(change))),
+        http_status=status,
+        attempts=attempts,
+        error_code=code,
+        error_message=message,
+        returned=None if returned is None else json.loads(returned),
+        difference=diff,
+    )
