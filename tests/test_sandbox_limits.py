@@ -83,17 +83,22 @@ def test_exact_pacing_is_never_refused(clock: FakeClock) -> None:
 
 
 def test_real_time_pacing_is_never_refused() -> None:
-    """On the real clock, requests paced at the rate (absolute schedule) all succeed."""
-    with running_sandbox(SandboxConfig(rate=20.0, burst=1), generate=1) as sandbox:
+    """On the real clock, requests paced at the rate (absolute schedule) all succeed.
+
+    The bucket holds 2, as by default for Mateo's 2 requests/s, so one request delayed by a
+    loaded machine and the next sent on time are not taken for a burst; exactness without
+    jitter is pinned by the fake-clock test above.
+    """
+    with running_sandbox(SandboxConfig(rate=10.0, burst=2), generate=1) as sandbox:
         with _client(sandbox) as client:
             start = time.monotonic()
             statuses = []
-            for k in range(30):
-                delay = start + k / 20.0 - time.monotonic()
+            for k in range(20):
+                delay = start + k / 10.0 - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 statuses.append(client.get("/conversation").status_code)
-    assert statuses == [200] * 30
+    assert statuses == [200] * 20
 
 
 def test_daily_quota_counts_refused_requests(limited: Sandbox, clock: FakeClock) -> None:
