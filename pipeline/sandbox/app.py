@@ -247,7 +247,8 @@ class SandboxApp:
         return response, fault
 
     def _draw_faults(self, config: SandboxConfig) -> tuple[str | None, float]:
-        """One seeded draw per kind of fault, so a run with the same seed fails the same way."""
+        """Which fault (at most one of the exclusive kinds), the latency, and whether the answer
+        is very slow: all from the seeded generator, so the same seed fails the same way."""
         rng = self._rng
         fault: str | None = None
         exclusive = (
