@@ -8,6 +8,7 @@ of the right class (transient, permanent, auth) for the retry policy.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
@@ -51,6 +52,9 @@ class Answer:
     #: Every row the server named, complete or not; all must be rows we asked for.
     named: tuple[dict[str, Any], ...] = ()
     single_object: bool = False
+    #: `ratelimit-remaining` and `ratelimit-reset` (seconds), when the server sends them.
+    ratelimit_remaining: int | None = None
+    ratelimit_reset: float | None = None
 
 
 def check_base_url(base_url: str) -> str:
@@ -145,16 +149,16 @@ class MateoClient:
         if answer.rows is not None and answer.single_object and len(ids) > 1:
             # Mateo documents "the updated Conversation object": a proxy that answers one
             # object for a request of many names one row at most, so the rest are unknown.
-            return Answer(answer.http_status, None, answer.content_range_count, answer.named)
+            return dataclasses.replace(answer, rows=None)
         return answer
 
-    async def read(self, ids: ConversationIds) -> list[dict[str, Any]]:
+    async def read(self, ids: ConversationIds) -> Answer:
         """GET the current values of `ids` (at most 50 per call, the API's page size)."""
         if len(ids) > 50:
             raise ValueError("the API returns at most 50 rows per GET")
         url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&limit=50"
         answer = await self._send("GET", url, headers={}, content=None)
-        return answer.rows or []
+        return dataclasses.replace(answer, rows=answer.rows or [])
 
     async def _send(
         self, method: str, url: str, *, headers: dict[str, str], content: bytes | None
@@ -188,10 +192,17 @@ class MateoClient:
         if status in (200, 201, 206):
             rows, single_object = _rows_from_body(body)
             return Answer(
-                status, rows, _content_range_count(response), tuple(rows or ()), single_object
+                status,
+                rows,
+                _content_range_count(response),
+                tuple(rows or ()),
+                single_object,
+                *_ratelimit(response),
             )
         if status == 204:
-            return Answer(status, None, _content_range_count(response))
+            return Answer(
+                status, None, _content_range_count(response), (), False, *_ratelimit(response)
+            )
         code, message = _error_details(body)
         message = self._redact(message or response.reason_phrase or f"HTTP {status}")
         if status == 404 and method == "PATCH" and _means_no_match(code, body):
@@ -304,6 +315,17 @@ def _means_no_match(code: str | None, body: bytes) -> bool:
         return False
     stripped = body.strip()
     return not stripped.startswith(b"<")
+
+
+def _ratelimit(response: httpx.Response) -> tuple[int | None, float | None]:
+    """`ratelimit-remaining` and `ratelimit-reset`, when present and readable."""
+    remaining = response.headers.get("ratelimit-remaining")
+    reset = response.headers.get("ratelimit-reset")
+    try:
+        remaining_count = int(remaining) if remaining is not None else None
+    except ValueError:
+        remaining_count = None
+    return remaining_count, _parse_seconds(reset) if reset is not None else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -61,6 +61,7 @@ class Journal:
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.executescript(_SCHEMA)
         self._lock_file: Any = None
+        self._reader: sqlite3.Connection | None = None
 
     @classmethod
     def create(cls, run_dir: Path, meta: dict[str, Any]) -> Journal:
@@ -100,6 +101,8 @@ class Journal:
 
     def close(self) -> None:
         self._connection.close()
+        if self._reader is not None:
+            self._reader.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -139,7 +142,11 @@ class Journal:
         if retry_failed:
             final.discard(Outcome.FAILED.value)
         placeholders = ",".join("?" * len(final))
-        rows = self._connection.execute(
+        # Called from the reading thread while the event loop records results: a connection
+        # of its own keeps the two from sharing one connection's transaction.
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        rows = self._reader.execute(
             f"SELECT row FROM results WHERE row BETWEEN ? AND ? AND outcome IN ({placeholders})",
             (first, last, *final),
         )

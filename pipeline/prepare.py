@@ -16,6 +16,8 @@ from pipeline.reader import InputFile, InputRow
 from pipeline.validate import validate_row
 
 _MASK_64 = (1 << 64) - 1
+#: Distinct changes counted for the estimate; past this, a file is nearly "all different".
+_TRACKED_CHANGES = 100_000
 _MASK_32 = (1 << 32) - 1
 
 
@@ -38,6 +40,15 @@ class Validation:
     invalid_rows: int
     first_invalid: InvalidRow | None
     duplicates: Duplicates
+    #: Valid rows per distinct change (by hash), for the request estimate.
+    rows_per_change: tuple[int, ...] = ()
+    #: Valid rows past the first _TRACKED_CHANGES distinct changes: one request each.
+    untracked_rows: int = 0
+
+    def estimated_requests(self, batch_size: int) -> int:
+        """PATCHes the run will cost if every group fills: rows with one change share them."""
+        grouped = sum(-(-count // batch_size) for count in self.rows_per_change)
+        return grouped + self.untracked_rows
 
     def problem(self) -> str | None:
         """Why --strict refuses this file, or None."""
@@ -63,7 +74,8 @@ def validate_file(input_file: InputFile, fixed: Mapping[str, str | None]) -> Val
     seen: dict[int, int] = {}
     conflicting: dict[int, int] = {}
     followers_of: dict[int, list[int]] = {}
-    total = invalid = 0
+    rows_per_change: dict[int, int] = {}
+    total = invalid = untracked = 0
     first_invalid: InvalidRow | None = None
     for chunk in input_file.chunks():
         total += len(chunk)
@@ -74,7 +86,14 @@ def validate_file(input_file: InputFile, fixed: Mapping[str, str | None]) -> Val
                 first_invalid = first_invalid or checked
                 continue
             key = _id_key(checked.conversation_id)
-            packed = (hash(checked.change) & _MASK_64) << 32 | checked.row
+            change_hash = hash(checked.change) & _MASK_64
+            if change_hash in rows_per_change:
+                rows_per_change[change_hash] += 1
+            elif len(rows_per_change) < _TRACKED_CHANGES:
+                rows_per_change[change_hash] = 1
+            else:
+                untracked += 1
+            packed = change_hash << 32 | checked.row
             previous = seen.setdefault(key, packed)
             if previous == packed:
                 continue
@@ -87,7 +106,12 @@ def validate_file(input_file: InputFile, fixed: Mapping[str, str | None]) -> Val
         followers_of.pop(first_row, None)
     follower_rows = frozenset(row for rows in followers_of.values() for row in rows)
     return Validation(
-        total, invalid, first_invalid, Duplicates(conflicting, followers_of, follower_rows)
+        total,
+        invalid,
+        first_invalid,
+        Duplicates(conflicting, followers_of, follower_rows),
+        tuple(rows_per_change.values()),
+        untracked,
     )
 
 

@@ -33,6 +33,7 @@ from pipeline.journal import Journal
 from pipeline.models import Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
 from pipeline.prepare import Validation, sort_chunk, validate_file
+from pipeline.quota import DEFAULT_DAILY_QUOTA, Budget, QuotaLedger, parse_reset_time
 from pipeline.reader import InputFile, open_input
 from pipeline.report import check_report_path, write_failures, write_report
 from pipeline.send import RunControl, Sender, row_results
@@ -62,6 +63,18 @@ class RunSettings:
     transport: str = "aiohttp"
     #: How long an idle worker waits for a partial group to fill before sending it.
     max_group_wait: float = 0.5
+    #: The account's requests per API day, shared by every run on this machine.
+    daily_quota: int = DEFAULT_DAILY_QUOTA
+    #: The most requests this run may send; None for no limit of its own.
+    max_requests: int | None = None
+    #: When the API's day starts, HH:MM in UTC.
+    quota_reset_utc: str = "00:00"
+    #: A 429 asking to wait longer than this stops the run (resumable), unless `wait`.
+    max_wait: float = 60.0
+    #: Sleep until the budget resets instead of stopping.
+    wait: bool = False
+    #: The ledger's clock (tests pass a fake one to cross midnight); not a journaled setting.
+    quota_clock: Callable[[], datetime] | None = field(default=None, repr=False, compare=False)
 
     def check(self) -> None:
         """Raise InputError for a value no run could use."""
@@ -83,6 +96,13 @@ class RunSettings:
             raise InputError(f"--transport must be one of {', '.join(TRANSPORTS)}")
         if self.report is not None:
             check_report_path(Path(self.report))
+        if self.daily_quota < 1:
+            raise InputError("--daily-quota must be at least 1")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise InputError("--max-requests must be at least 1")
+        if not self.max_wait >= 0:
+            raise InputError("--max-wait must be 0 or more seconds")
+        parse_reset_time(self.quota_reset_utc)
         if not self.dry_run:
             check_base_url(self.base_url)
             if not self.token:
@@ -100,7 +120,7 @@ class RunSettings:
         values = {}
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            if spec.name == "token":
+            if spec.name in ("token", "quota_clock"):
                 continue
             values[spec.name] = str(value) if isinstance(value, Path) else value
         values["column_map"] = dict(self.column_map)
@@ -129,6 +149,8 @@ class Progress:
     requests: int
     elapsed: float
     rate: float | None = None
+    #: Requests left in the account's budget today (None on a dry run).
+    budget_left: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +169,9 @@ class RunSummary:
     stopped: MateoBulkError | None = None
     notices: tuple[str, ...] = ()
     failures_path: Path | None = None
+    #: PATCHes the run costs if every group fills (the dry run's request plan).
+    estimated_requests: int = 0
+    budget: Budget | None = None
 
     @property
     def exit_code(self) -> int:
@@ -331,6 +356,21 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@dataclass
+class _Run:
+    """One session of a run: what every stage shares."""
+
+    settings: RunSettings
+    journal: Journal
+    input_file: InputFile
+    validation: Validation
+    retry_failed: bool
+    on_progress: ProgressCallback | None
+    ledger: QuotaLedger | None
+    control: RunControl = field(default_factory=RunControl)
+    started: float = field(default_factory=time.monotonic)
+
+
 async def _execute(
     settings: RunSettings,
     journal: Journal,
@@ -341,25 +381,20 @@ async def _execute(
     on_progress: ProgressCallback | None,
     transport: httpx.AsyncBaseTransport | None,
 ) -> RunSummary:
-    started = time.monotonic()
-    control = RunControl()
+    assert settings.run_dir is not None
+    ledger = _ledger(settings)
+    session = _Run(settings, journal, input_file, validation, retry_failed, on_progress, ledger)
+    control = session.control
     try:
-        await _pipeline(
-            settings,
-            journal,
-            input_file,
-            validation,
-            control,
-            retry_failed,
-            started,
-            on_progress,
-            transport,
-        )
+        await _pipeline(session, transport)
     except BaseException as error:
         reason = error if isinstance(error, MateoBulkError) else Interrupted("stopped at once")
         journal.set_meta({"state": "stopped", "stop_reason": str(reason), "stopped_at": _now()})
         raise
-    assert settings.run_dir is not None
+    finally:
+        budget = ledger.budget() if ledger else None
+        if ledger:
+            ledger.close()
     if control.aborted:
         control.stop_reason = Interrupted(
             "stopped at once by a second signal; the journal keeps every confirmed row, "
@@ -387,26 +422,32 @@ async def _execute(
         retries=control.retries,
         report_path=report_path,
         run_dir=settings.run_dir,
-        elapsed=time.monotonic() - started,
+        elapsed=time.monotonic() - session.started,
         dry_run=settings.dry_run,
         differences=journal.differences(),
         stopped=stopped,
         notices=tuple(control.notices),
         failures_path=failures_path,
+        estimated_requests=validation.estimated_requests(settings.batch_size),
+        budget=budget,
     )
 
 
-async def _pipeline(
-    settings: RunSettings,
-    journal: Journal,
-    input_file: InputFile,
-    validation: Validation,
-    control: RunControl,
-    retry_failed: bool,
-    started: float,
-    on_progress: ProgressCallback | None,
-    transport: httpx.AsyncBaseTransport | None,
-) -> None:
+def _ledger(settings: RunSettings) -> QuotaLedger | None:
+    """The account's daily budget; read only with a token (a dry run may have none)."""
+    if not settings.token:
+        return None
+    return QuotaLedger(
+        settings.token,
+        daily_quota=settings.daily_quota,
+        max_requests=settings.max_requests,
+        reset_at=parse_reset_time(settings.quota_reset_utc),
+        clock=settings.quota_clock,
+    )
+
+
+async def _pipeline(session: _Run, transport: httpx.AsyncBaseTransport | None) -> None:
+    settings = session.settings
     client = MateoClient(
         settings.base_url if not settings.dry_run else "http://127.0.0.1",
         settings.token,
@@ -417,18 +458,7 @@ async def _pipeline(
     )
     try:
         async with client, anyio.create_task_group() as tasks:
-            await _run_tasks(
-                tasks,
-                settings,
-                journal,
-                input_file,
-                validation,
-                control,
-                retry_failed,
-                started,
-                on_progress,
-                client,
-            )
+            await _run_tasks(tasks, session, client)
     except BaseExceptionGroup as group:
         # A stage's own error (say, the input changed between the two passes) surfaces as is.
         errors = [error for error in group.exceptions if isinstance(error, MateoBulkError)]
@@ -437,32 +467,14 @@ async def _pipeline(
         raise
 
 
-async def _run_tasks(
-    tasks: TaskGroup,
-    settings: RunSettings,
-    journal: Journal,
-    input_file: InputFile,
-    validation: Validation,
-    control: RunControl,
-    retry_failed: bool,
-    started: float,
-    on_progress: ProgressCallback | None,
-    client: MateoClient,
-) -> None:
+async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> None:
+    settings, control, journal = session.settings, session.control, session.journal
+    total_rows = session.validation.total_rows
     send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](2)
     send_results, receive_results = anyio.create_memory_object_stream[list[RowResult]](16)
     signals = anyio.CancelScope()
     tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
-    tasks.start_soon(
-        _produce,
-        input_file,
-        settings,
-        validation,
-        journal,
-        retry_failed,
-        send_rows,
-        send_results.clone(),
-    )
+    tasks.start_soon(_produce, session, send_rows, send_results.clone())
     pacer = Pacer(settings.rate)
     if settings.dry_run:
         receive_rows.close()
@@ -470,7 +482,16 @@ async def _run_tasks(
         grouper = Grouper(
             receive_rows, batch_size=settings.batch_size, max_wait=settings.max_group_wait
         )
-        sender = Sender(client, pacer, control, grouper, max_attempts=settings.max_attempts)
+        sender = Sender(
+            client,
+            pacer,
+            control,
+            grouper,
+            max_attempts=settings.max_attempts,
+            ledger=None if settings.dry_run else session.ledger,
+            max_wait=settings.max_wait,
+            wait_for_reset=settings.wait,
+        )
         tasks.start_soon(
             _send_all, sender, grouper, control, settings.concurrency, send_results.clone()
         )
@@ -478,7 +499,7 @@ async def _run_tasks(
     counts = journal.counts()
     done = sum(counts[outcome] for outcome in Outcome if outcome is not Outcome.SKIPPED)
     counts[Outcome.SKIPPED] = 0  # skipped rows of an earlier session are to be sent now
-    followers_of = validation.duplicates.followers_of
+    followers_of = session.validation.duplicates.followers_of
     async with receive_results:
         async for results in _coalesced(receive_results):
             results += [
@@ -491,15 +512,19 @@ async def _run_tasks(
             for result in results:
                 counts[result.outcome] += 1
             done += len(results)
-            if on_progress is not None:
-                on_progress(
+            if session.on_progress is not None:
+                budget_left = None
+                if session.ledger is not None and not settings.dry_run:
+                    budget_left = session.ledger.budget().left
+                session.on_progress(
                     Progress(
                         done,
-                        validation.total_rows,
+                        total_rows,
                         counts,
                         control.requests,
-                        time.monotonic() - started,
+                        time.monotonic() - session.started,
                         pacer.rate,
+                        budget_left,
                     )
                 )
     signals.cancel()
@@ -518,22 +543,20 @@ async def _coalesced(stream: ObjectReceiveStream[list[RowResult]]) -> Any:
 
 
 async def _produce(
-    input_file: InputFile,
-    settings: RunSettings,
-    validation: Validation,
-    journal: Journal,
-    retry_failed: bool,
+    session: _Run,
     send_rows: ObjectSendStream[list[RowRequest]],
     send_results: ObjectSendStream[list[RowResult]],
 ) -> None:
-    chunks = input_file.chunks()
+    settings = session.settings
+    chunks = session.input_file.chunks()
 
     def next_chunk() -> tuple[list[RowResult], list[RowRequest]] | None:
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        done = journal.done_rows(chunk[0].row, chunk[-1].row, retry_failed=retry_failed)
-        return sort_chunk(chunk, settings.fixed_values, validation.duplicates, done)
+        first, last = chunk[0].row, chunk[-1].row
+        done = session.journal.done_rows(first, last, retry_failed=session.retry_failed)
+        return sort_chunk(chunk, settings.fixed_values, session.validation.duplicates, done)
 
     async with send_rows, send_results:
         while (sorted_chunk := await anyio.to_thread.run_sync(next_chunk)) is not None:

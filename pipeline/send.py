@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.client import MateoClient, returned_id, returned_values
+import anyio
+
+from pipeline.client import Answer, MateoClient, returned_id, returned_values
 from pipeline.errors import (
     MateoBulkError,
     PermanentError,
@@ -18,6 +21,7 @@ from pipeline.errors import (
 from pipeline.grouping import Group, Grouper
 from pipeline.models import ConversationIds, Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
+from pipeline.quota import QuotaExhausted, QuotaLedger
 from pipeline.retry import MAX_BACKOFF_SECONDS, retrying
 
 #: How long every worker pauses after a 429 that named no wait: the rate-limit window.
@@ -71,12 +75,18 @@ class Sender:
         grouper: Grouper,
         *,
         max_attempts: int,
+        ledger: QuotaLedger | None = None,
+        max_wait: float = 60.0,
+        wait_for_reset: bool = False,
     ) -> None:
         self._client = client
         self._pacer = pacer
         self._control = control
         self._grouper = grouper
         self._max_attempts = max_attempts
+        self._ledger = ledger
+        self._max_wait = max_wait
+        self._wait_for_reset = wait_for_reset
         self._one_row_per_request = False
 
     async def send(self, group: Group) -> list[RowResult]:
@@ -84,14 +94,10 @@ class Sender:
             return await self._send_parts(group.split(1))
         attempts = 0
 
-        async def patch() -> Any:
+        async def patch() -> Answer:
             nonlocal attempts
-            await self._pacer.wait()
             attempts += 1
-            self._control.requests += 1
-            answer = await self._client.patch(group.ids, group.change)
-            self._pacer.succeeded()
-            return answer
+            return await self._request(lambda: self._client.patch(group.ids, group.change))
 
         try:
             answer = await self._retried(patch)
@@ -140,6 +146,50 @@ class Sender:
                     error_message="the run stopped before the read-back",
                 )
         return self._classify(group, rows, answer.http_status, attempts)
+
+    async def _request(self, call: Callable[[], Awaitable[Answer]]) -> Answer:
+        """One request: paced, counted against the day's budget, told apart from a long wait."""
+        while True:
+            await self._pacer.wait()
+            await self._take_budget()
+            self._control.requests += 1
+            try:
+                answer = await call()
+            except TransientError as error:
+                wait = error.retry_after
+                if error.http_status != 429 or wait is None or wait <= self._max_wait:
+                    raise
+                # Minutes or hours to wait: that is a spent daily limit, not a busy second.
+                if not self._wait_for_reset:
+                    raise QuotaExhausted(
+                        f"the API asked to wait {wait:,.0f} s (more than --max-wait "
+                        f"{self._max_wait:g} s): its daily limit is likely spent; resume after "
+                        f"{_clock_after(wait)}"
+                    ) from None
+                self._control.notice(f"waiting {wait:,.0f} s for the API's limit to reset (--wait)")
+                self._pacer.hold(wait)
+                continue
+            self._pacer.succeeded()
+            if answer.ratelimit_remaining is not None and answer.ratelimit_remaining <= 0:
+                # The window is spent: wait for it to reset instead of meeting a 429.
+                self._pacer.hold(min(answer.ratelimit_reset or 1.0, MAX_BACKOFF_SECONDS))
+            return answer
+
+    async def _take_budget(self) -> None:
+        if self._ledger is None:
+            return
+        while True:
+            try:
+                self._ledger.take()
+                return
+            except QuotaExhausted as error:
+                if not self._wait_for_reset or error.resets_at is None:
+                    raise
+                seconds = (error.resets_at - datetime.now(UTC)).total_seconds()
+                self._control.notice(
+                    f"waiting for the daily budget to reset at {error.resets_at:%H:%M} UTC (--wait)"
+                )
+                await anyio.sleep(max(1.0, seconds))
 
     async def _retried(self, call: Callable[[], Any]) -> Any:
         async for attempt in retrying(self._max_attempts, on_retry=self._on_retry):
@@ -200,12 +250,11 @@ class Sender:
                 return None
             page = ConversationIds(ids.ids[start : start + _READ_PAGE])
 
-            async def read(page: ConversationIds = page) -> list[dict[str, Any]]:
-                await self._pacer.wait()
-                self._control.requests += 1
-                return await self._client.read(page)
+            async def read(page: ConversationIds = page) -> Answer:
+                return await self._request(lambda: self._client.read(page))
 
-            rows += await self._retried(read)
+            answer = await self._retried(read)
+            rows += answer.rows or []
         return rows
 
     def _check_named(
@@ -265,6 +314,10 @@ class Sender:
                 )
             )
         return results
+
+
+def _clock_after(seconds: float) -> str:
+    return f"{datetime.now(UTC) + timedelta(seconds=seconds):%Y-%m-%d %H:%M} UTC"
 
 
 def _difference(request: RowRequest, returned: dict[str, str | None]) -> str | None:

@@ -35,3 +35,11 @@ def sandbox_client(sandbox: Sandbox) -> Iterator[httpx.Client]:
         timeout=10,
     ) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own quota ledger, so tests never share (or spend) one budget."""
+    monkeypatch.setenv("MATEO_BULK_STATE_DIR", str(tmp_path_factory.mktemp("state")))

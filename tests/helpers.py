@@ -47,7 +47,11 @@ def run_cli(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` as a user would, with only the token we give it."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MATEO_")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MATEO_API_TOKEN", "MATEO_BASE_URL")
+    }
     if token is not None:
         env["MATEO_API_TOKEN"] = token
     return subprocess.run(

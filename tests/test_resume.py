@@ -52,7 +52,7 @@ def job_file(sandbox: Sandbox, tmp_path: Path) -> tuple[Path, str]:
 
 
 def start_run(sandbox: Sandbox, input_path: Path, run_dir: Path) -> subprocess.Popen[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MATEO_")}
+    env = {key: value for key, value in os.environ.items() if key != "MATEO_BASE_URL"}
     env["MATEO_API_TOKEN"] = TOKEN
     command = [
         sys.executable,
@@ -157,16 +157,17 @@ def check_final_state(
         assert table[conversation_id]["status"] == "archived"
 
 
+def _after(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() >= deadline
+
+
 KILL_MOMENTS: dict[str, Callable[[Path], Callable[[], bool]]] = {
     "start-up": lambda run_dir: lambda: True,
     "journal-created": lambda run_dir: lambda: journal_state(run_dir) == "running",
     "quarter-done": lambda run_dir: lambda: len(journaled(run_dir)) >= ROWS // 4,
     "two-thirds-done": lambda run_dir: lambda: len(journaled(run_dir)) >= 2 * ROWS // 3,
-    "random": lambda run_dir: (
-        lambda deadline=time.monotonic() + random.Random(7).uniform(0.3, 1.5): (
-            time.monotonic() >= deadline
-        )
-    ),
+    "random": lambda run_dir: _after(random.Random(7).uniform(0.3, 1.5)),
     "report-write": lambda run_dir: (
         lambda: (
             (run_dir / "report.csv.partial").exists()
@@ -253,7 +254,7 @@ def test_a_resumed_run_whose_input_was_edited_is_refused(api: Sandbox, tmp_path:
 
 
 def test_resume_after_an_auth_stop_and_retry_failed(api: Sandbox, tmp_path: Path) -> None:
-    """Stop on a bad token; resume with a good one; failed rows only come back with --retry-failed."""
+    """Stop on a bad token, resume with a good one; failed rows come back with --retry-failed."""
     api.configure(latency_ms=0)
     ids = [row["id"] for row in api.rows()[:30]]
     path = write_csv(tmp_path / "in.csv", [{"conversation_id": i, "status": "closed"} for i in ids])
