@@ -15,7 +15,6 @@ from typing import Any, NoReturn
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS
 from pipeline.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
-from pipeline.quota import DEFAULT_DAILY_QUOTA
 from pipeline.runner import RunSettings, RunSummary, export_report, resume, run, run_status
 from pipeline.validate import parse_fixed_values
 
@@ -148,39 +147,6 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         choices=TRANSPORTS,
         default="aiohttp",
         help="HTTP connection pool (default aiohttp; see bench/ for why)",
-    )
-    quota = parser.add_argument_group("daily budget")
-    quota.add_argument(
-        "--daily-quota",
-        type=_number(int, 1),
-        default=DEFAULT_DAILY_QUOTA,
-        metavar="N",
-        help="requests the account may send per day, shared by every run on this machine "
-        f"(default {DEFAULT_DAILY_QUOTA:,})",
-    )
-    quota.add_argument(
-        "--max-requests",
-        type=_number(int, 1),
-        metavar="N",
-        help="the most requests this run may send; then it stops, resumable",
-    )
-    quota.add_argument(
-        "--quota-reset-utc",
-        default="00:00",
-        metavar="HH:MM",
-        help="when the API's day starts, in UTC (default 00:00)",
-    )
-    quota.add_argument(
-        "--max-wait",
-        type=_number(float, 0),
-        default=60.0,
-        metavar="S",
-        help="a 429 asking to wait longer stops the run, resumable (default 60)",
-    )
-    quota.add_argument(
-        "--wait",
-        action="store_true",
-        help="when the budget or the API's limit is spent, sleep until it resets, not stop",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -317,8 +283,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         column_map[field.strip()] = column.strip()
     return RunSettings(
         input=args.input,
-        # A dry run needs no token; with one, it can show the day's budget.
-        token="" if args.sandbox else _read_token(args),
+        token="" if args.sandbox or args.dry_run else _read_token(args),
         base_url=args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL,
         column_map=column_map,
         fixed_values=parse_fixed_values(args.set),
@@ -333,11 +298,6 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         report=args.report,
         delimiter=args.delimiter,
         transport=args.transport,
-        daily_quota=args.daily_quota,
-        max_requests=args.max_requests,
-        quota_reset_utc=args.quota_reset_utc,
-        max_wait=args.max_wait,
-        wait=args.wait,
     )
 
 

@@ -1,0 +1,844 @@
+"""`mateo-bulk doctor`: ask the account what Mateo's docs leave open, without changing anything.
+
+`shared/api-notes.md` lists what is not known about Mateo's proxy: the shape of a PATCH answer,
+whether `select` or `Prefer` bring a body, whether `id=in.(…)` is accepted and how long it may
+be, whether a single-object answer is forced, the rate-limit headers, the error body. The client
+copes with every answer; doctor finds out which one this account gives, so a user can check
+before a big run and the runner can start from the right batch size.
+
+Every request doctor sends is harmless by construction: GETs, and PATCHes whose id filter names
+fresh random uuids (built through `ConversationIds`, like every PATCH of mateo-bulk) that no
+conversation has. A PATCH that matches nothing changes nothing, whatever its body says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from pipeline.account import account_fingerprint, state_dir
+from pipeline.client import (
+    SELECT,
+    _error_details,
+    _is_tls_failure,
+    _read_capped,
+    _retry_after,
+    check_base_url,
+    make_transport,
+)
+from pipeline.errors import InputError, TransientError
+from pipeline.models import ConversationIds
+from pipeline.pacer import Pacer
+
+#: Doctor must stay cheap: it shares the account's 10,000 requests a day with real runs.
+MAX_REQUESTS = 19
+#: `in.(…)` list lengths tried after a 2-id list passed: up while they pass, down if 50 fails.
+_LENGTHS_UP = (50, 100, 200)
+_LENGTHS_DOWN = (20, 10, 5)
+#: The most ids mateo-bulk puts in one PATCH, whatever the server accepts (`--batch-size`).
+MAX_BATCH_SIZE = 100
+DEFAULT_BATCH_SIZE = 50
+#: Matches nothing, so it changes nothing; a valid value, so only the filter is being tested.
+_HARMLESS_BODY = {"status": "open"}
+#: Not a status: the server must refuse it (400 22P02) before looking for rows.
+_INVALID_BODY = {"status": "doctor-check"}
+_ATTEMPTS = 3
+_RATE_LIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after")
+#: The headers doctor keeps from each answer.
+_KEPT_HEADERS = (*_RATE_LIMIT_HEADERS, "content-range", "preference-applied", "content-type")
+ANSWERS_FILE = "doctor.json"
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One request doctor sent and what came back (never the token, never row data)."""
+
+    purpose: str
+    method: str
+    #: How many ids the filter named (0 for the GET).
+    ids: int
+    #: Bytes of the request target (path and query), what a proxy's URL limit measures.
+    url_length: int
+    http_status: int
+    headers: Mapping[str, str]
+    #: "array", "empty array", "object", "null", "empty", "html" or "not JSON".
+    body_shape: str
+    error_code: str | None = None
+    #: The keys of a JSON error body, sorted.
+    error_keys: tuple[str, ...] = ()
+
+    @property
+    def has_body(self) -> bool:
+        return self.body_shape != "empty"
+
+    def summary(self) -> str:
+        parts = [f"{self.http_status}", f"body {self.body_shape}"]
+        if self.error_code:
+            parts.append(f"code {self.error_code}")
+        if "content-range" in self.headers:
+            parts.append(f"Content-Range {self.headers['content-range']}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One question, what was observed, and what mateo-bulk does about it."""
+
+    key: str
+    question: str
+    observed: str
+    action: str
+    #: False when mateo-bulk must work around the answer, or could not get one.
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    """Everything one `doctor` run found out; `answers` is what later runs read."""
+
+    base_url: str
+    checked_at: str
+    token_valid: bool
+    verdicts: tuple[Verdict, ...]
+    #: Machine-readable answers (see `_answers`), stored per account for the runner.
+    answers: Mapping[str, Any]
+    #: Requests sent, retries included.
+    requests: int
+    observations: tuple[Observation, ...] = ()
+    #: Why doctor stopped before asking everything (bad token, rate limit, server down).
+    stopped: str | None = None
+    answers_file: str | None = field(default=None)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.stopped else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready document (the `--json` output)."""
+        return {
+            "base_url": self.base_url,
+            "checked_at": self.checked_at,
+            "token_valid": self.token_valid,
+            "requests": self.requests,
+            "stopped": self.stopped,
+            "verdicts": [asdict(verdict) for verdict in self.verdicts],
+            "answers": dict(self.answers),
+            "observations": [
+                {**asdict(observation), "headers": dict(observation.headers)}
+                for observation in self.observations
+            ],
+            "answers_file": self.answers_file,
+        }
+
+
+class _Stop(Exception):
+    """Doctor cannot go on (token refused, rate limited for long, server unreachable)."""
+
+
+async def diagnose(
+    base_url: str,
+    token: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rate: float | None = 2.0,
+    max_wait: float = 60.0,
+    timeout: float = 10.0,
+    save: bool = True,
+) -> DoctorReport:
+    """Ask the API at `base_url` the open questions, harmlessly; store the answers if `save`.
+
+    `rate` is requests per second (Mateo allows 2); a 429 asking to wait more than `max_wait`
+    seconds stops doctor instead of waiting. Raises InputError for a missing token or bad URL.
+    """
+    base_url = check_base_url(base_url)
+    token = token.strip()
+    if not token:
+        raise InputError("no API token: set MATEO_API_TOKEN or pass --token-file")
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise InputError("the API token holds characters an HTTP header cannot carry")
+    probe = _Probe(base_url, token, transport, Pacer(rate), max_wait, timeout)
+    stopped: str | None = None
+    async with probe:
+        try:
+            await probe.ask_everything()
+        except _Stop as stop:
+            stopped = str(stop)
+    report = _report(probe, base_url, stopped)
+    if save and report.token_valid and not stopped:
+        path = save_answers(report, token)
+        report = DoctorReport(**{**_fields(report), "answers_file": str(path)})
+    return report
+
+
+def answers_path(token: str) -> Path:
+    """Where the answers for the account behind `token` are kept."""
+    return state_dir() / "accounts" / account_fingerprint(token) / ANSWERS_FILE
+
+
+def save_answers(report: DoctorReport, token: str) -> Path:
+    """Write the report's answers for later runs of this account; the token is never written."""
+    path = answers_path(token)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": _FORMAT,
+        "base_url": report.base_url,
+        "checked_at": report.checked_at,
+        "requests": report.requests,
+        "answers": dict(report.answers),
+        "verdicts": [asdict(verdict) for verdict in report.verdicts],
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def load_answers(token: str, base_url: str) -> dict[str, Any] | None:
+    """The stored doctor document for this account and base URL, or None if there is none.
+
+    Answers found for another base URL (the sandbox, a staging proxy) are not this API's.
+    """
+    try:
+        document = json.loads(answers_path(token).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        return None
+    if str(document.get("base_url", "")).rstrip("/") != base_url.rstrip("/"):
+        return None
+    return document
+
+
+def report_text(report: DoctorReport) -> str:
+    """The verdicts as plain text, one short block per question."""
+    lines = [f"mateo-bulk doctor: {report.base_url} at {report.checked_at}", ""]
+    for verdict in report.verdicts:
+        lines.append(f"[{'ok' if verdict.ok else '!!'}] {verdict.question}")
+        lines.append(f"     observed:   {verdict.observed}")
+        lines.append(f"     mateo-bulk: {verdict.action}")
+    lines.append("")
+    lines.append(
+        f"{report.requests} requests sent; only random ids no conversation has, so nothing "
+        "was changed."
+    )
+    if report.answers_file:
+        lines.append(f"answers saved to {report.answers_file}")
+    return "\n".join(lines)
+
+
+# --- asking -------------------------------------------------------------------------------------
+
+
+class _Probe:
+    """Sends doctor's requests, paced and counted, and keeps what came back."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        transport: httpx.AsyncBaseTransport | None,
+        pacer: Pacer,
+        max_wait: float,
+        timeout: float,
+    ) -> None:
+        self._endpoint = base_url + "/conversation"
+        self._token = token
+        self._pacer = pacer
+        self._max_wait = max_wait
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(
+            transport=transport or make_transport("httpx", 1),
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, pool=None),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.requests = 0
+        self.observations: list[Observation] = []
+        self.rate_limited: list[Observation] = []
+        self.token_valid = False
+
+    async def __aenter__(self) -> _Probe:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def ask_everything(self) -> None:
+        read = await self.send("token check", "GET", f"{self._endpoint}?select=id&limit=1")
+        if read.http_status in (401, 403):
+            raise _Stop(
+                f"the API answered {read.http_status}: the token is "
+                f"{'missing' if read.http_status == 401 else 'not valid'}. Set MATEO_API_TOKEN "
+                "or --token-file to a valid token and run doctor again"
+            )
+        # 406: a proxy forcing single objects refuses a read of 0 rows; the token passed.
+        if read.http_status not in (200, 206, 406) or read.body_shape == "html":
+            raise _Stop(
+                f"the API answered {read.http_status} ({read.body_shape}) to a plain read of "
+                "conversations: check --base-url (it should end in /api/v1)"
+            )
+        self.token_valid = True
+        await self.patch("zero match, Prefer and select", 1, prefer=True)
+        await self.patch("zero match, select only", 1, prefer=False)
+        if _filter_accepted(await self.patch("in. with 2 ids", 2)):
+            await self._measure_in_lists()
+        await self.patch("invalid status", 1, body=_INVALID_BODY)
+
+    async def _measure_in_lists(self) -> None:
+        """Longer and longer `in.` lists while they pass; shorter ones if the first fails."""
+        first = await self.patch(f"in. with {_LENGTHS_UP[0]} ids", _LENGTHS_UP[0])
+        if _filter_accepted(first):
+            for count in _LENGTHS_UP[1:]:
+                if not _filter_accepted(await self.patch(f"in. with {count} ids", count)):
+                    return
+            return
+        for count in _LENGTHS_DOWN:
+            if _filter_accepted(await self.patch(f"in. with {count} ids", count)):
+                return
+
+    async def patch(
+        self,
+        purpose: str,
+        count: int,
+        *,
+        prefer: bool = True,
+        body: Mapping[str, str] = _HARMLESS_BODY,
+    ) -> Observation:
+        # Fresh random uuids each time: no conversation has them, so the PATCH matches nothing.
+        ids = ConversationIds(str(uuid.uuid4()) for _ in range(count))
+        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}"
+        headers = {"Content-Type": "application/json"}
+        if prefer:
+            headers["Prefer"] = "return=representation"
+        return await self.send(
+            purpose, "PATCH", url, ids=count, headers=headers, content=json.dumps(body).encode()
+        )
+
+    async def send(
+        self,
+        purpose: str,
+        method: str,
+        url: str,
+        *,
+        ids: int = 0,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> Observation:
+        """Send one request; wait out 429s and retry 5xx and connection errors a few times."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            if self.requests >= MAX_REQUESTS:
+                raise _Stop(
+                    f"{MAX_REQUESTS} requests spent, mostly on retries: the API is busy or "
+                    "failing; run doctor again later"
+                )
+            await self._pacer.wait()
+            self.requests += 1
+            try:
+                observation = await self._exchange(purpose, method, url, ids, headers, content)
+            except TransientError as error:
+                if attempt == _ATTEMPTS:
+                    raise _Stop(f"no answer from the API: {error}") from None
+                self._pacer.hold(1.0)
+                continue
+            if observation.http_status == 429:
+                self.rate_limited.append(observation)
+                wait = _retry_after_from(observation.headers)
+                if wait is not None and wait > self._max_wait:
+                    raise _Stop(
+                        f"rate limited: the API asks to wait {_duration(wait)} (is the day's "
+                        "quota spent?); run doctor again after that"
+                    )
+                if attempt == _ATTEMPTS:
+                    raise _Stop("rate limited on every attempt; run doctor again later")
+                self._pacer.slow_down(wait, 1.0)
+                continue
+            if observation.http_status >= 500 and attempt < _ATTEMPTS:
+                self._pacer.hold(_retry_after_from(observation.headers) or 1.0)
+                continue
+            self._pacer.succeeded()
+            self.observations.append(observation)
+            return observation
+        raise AssertionError("unreachable: the last attempt returns or stops")
+
+    async def _exchange(
+        self,
+        purpose: str,
+        method: str,
+        url: str,
+        ids: int,
+        headers: Mapping[str, str] | None,
+        content: bytes | None,
+    ) -> Observation:
+        request = self._http.build_request(method, url, headers=headers, content=content)
+        try:
+            with anyio.fail_after(self._timeout):
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await _read_capped(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise TransientError(f"no complete answer within {self._timeout:g} s") from None
+        except httpx.TransportError as error:
+            reason = (str(error) or type(error).__name__).replace(self._token, "***")
+            if _is_tls_failure(error):
+                raise _Stop(f"the TLS connection to the API failed: {reason}") from None
+            raise TransientError(f"connection problem: {reason}") from None
+        return _observe(purpose, method, ids, request, response, body)
+
+
+def _observe(
+    purpose: str,
+    method: str,
+    ids: int,
+    request: httpx.Request,
+    response: httpx.Response,
+    body: bytes,
+) -> Observation:
+    headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
+    shape = _body_shape(body)
+    code: str | None = None
+    keys: tuple[str, ...] = ()
+    if response.status_code >= 400:
+        code, _ = _error_details(body)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            keys = tuple(sorted(parsed))
+    return Observation(
+        purpose=purpose,
+        method=method,
+        ids=ids,
+        url_length=len(request.url.raw_path),
+        http_status=response.status_code,
+        headers=headers,
+        body_shape=shape,
+        error_code=code,
+        error_keys=keys,
+    )
+
+
+def _body_shape(body: bytes) -> str:
+    text = body.strip()
+    if not text:
+        return "empty"
+    if text.startswith(b"<"):
+        return "html"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    if data is None:
+        return "null"
+    if isinstance(data, list):
+        return "array" if data else "empty array"
+    if isinstance(data, dict):
+        return "object"
+    return "not JSON"
+
+
+def _retry_after_from(headers: Mapping[str, str]) -> float | None:
+    return _retry_after(httpx.Response(429, headers=dict(headers)))
+
+
+def _means_no_match(observation: Observation) -> bool:
+    """A 404 that says "no row matched" (PostgREST before 10.1), not "no such endpoint"."""
+    return (
+        observation.http_status == 404
+        and observation.error_code != "PGRST205"
+        and observation.body_shape != "html"
+    )
+
+
+def _filter_accepted(observation: Observation) -> bool:
+    return observation.http_status in (200, 204) or _means_no_match(observation)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{seconds:g} s"
+
+
+# --- judging ------------------------------------------------------------------------------------
+
+
+def _fields(report: DoctorReport) -> dict[str, Any]:
+    return {name: getattr(report, name) for name in DoctorReport.__dataclass_fields__}
+
+
+def _report(probe: _Probe, base_url: str, stopped: str | None) -> DoctorReport:
+    found = {observation.purpose: observation for observation in probe.observations}
+    token = _token_verdict(found.get("token check"), probe.token_valid)
+    verdicts = [Verdict("token", "Is the token valid?", token.observed, token.action, token.ok)]
+    answers: dict[str, Any] = {"token_valid": probe.token_valid}
+    if probe.token_valid:
+        for key, question, judge in _QUESTIONS:
+            try:
+                judgement = judge(found, probe.rate_limited, answers)
+                verdicts.append(
+                    Verdict(key, question, judgement.observed, judgement.action, judgement.ok)
+                )
+            except KeyError:
+                # Doctor stopped before sending the request this question needs.
+                verdicts.append(
+                    Verdict(
+                        key,
+                        question,
+                        "not asked: doctor stopped early",
+                        "run doctor again",
+                        ok=False,
+                    )
+                )
+    return DoctorReport(
+        base_url=base_url,
+        checked_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        token_valid=probe.token_valid,
+        verdicts=tuple(verdicts),
+        answers=answers,
+        requests=probe.requests,
+        observations=tuple(probe.observations),
+        stopped=stopped,
+    )
+
+
+Found = Mapping[str, Observation]
+
+
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    observed: str
+    action: str
+    ok: bool = True
+
+
+def _token_verdict(read: Observation | None, valid: bool) -> _Judgement:
+    if read is None:
+        return _Judgement("no answer", "nothing was asked: reach the API first", ok=False)
+    observed = f"GET conversation?select=id&limit=1 answered {read.http_status}"
+    if valid:
+        return _Judgement(observed, "the token is accepted")
+    if read.http_status in (401, 403):
+        return _Judgement(
+            observed + " (token invalid)",
+            "nothing else was asked: set MATEO_API_TOKEN or --token-file to a valid token",
+            ok=False,
+        )
+    return _Judgement(
+        observed, "nothing else was asked: check --base-url (it should end in /api/v1)", ok=False
+    )
+
+
+def _rate_limit_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    read = found["token check"]
+    seen = {name: read.headers[name] for name in _RATE_LIMIT_HEADERS if name in read.headers}
+    answers["ratelimit_headers"] = seen
+    # Mateo allows 2 a second and 10,000 a day: a window that resets within a minute is the
+    # per-second one; without a reset, the size of the limit tells.
+    window = None
+    reset = _retry_after_from({"retry-after": seen.get("ratelimit-reset", "")})
+    limit = seen.get("ratelimit-limit", "")
+    if reset is not None:
+        window = "rate" if reset <= 60 else "day"
+    elif limit.isdigit():
+        window = "day" if int(limit) >= 1000 else "rate"
+    answers["ratelimit_window"] = window
+    observed = (
+        ", ".join(f"{name}: {value}" for name, value in seen.items())
+        if seen
+        else "none of ratelimit-limit, ratelimit-remaining, ratelimit-reset"
+    )
+    if window:
+        observed += f" (the {'daily quota' if window == 'day' else 'per-second limit'}, it seems)"
+    retry_after_on_429: bool | None = None
+    if rate_limited:
+        last = rate_limited[-1]
+        retry_after_on_429 = "retry-after" in last.headers
+        answers["reset_on_429"] = "ratelimit-reset" in last.headers
+        observed += f"; {len(rate_limited)} answer(s) 429, " + (
+            f"Retry-After: {last.headers['retry-after']}"
+            if retry_after_on_429
+            else "without Retry-After"
+        )
+    answers["retry_after_on_429"] = retry_after_on_429
+    if "ratelimit-remaining" in seen and "ratelimit-reset" in seen:
+        action = "ratelimit-remaining and ratelimit-reset steer the pace before any 429"
+    else:
+        action = (
+            "too few headers to steer by: mateo-bulk keeps to --rate (2/s) and counts the "
+            "day's requests itself"
+        )
+    if retry_after_on_429 is False:
+        action += "; after a 429 it waits for ratelimit-reset if sent, else backs off and slows"
+    elif retry_after_on_429:
+        action += "; after a 429 it waits as long as Retry-After says"
+    else:
+        action += "; no 429 was met, so whether Retry-After comes with one is not known"
+    return _Judgement(observed, action, ok=bool(seen))
+
+
+def _zero_match_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    patch = found["zero match, Prefer and select"]
+    answers["zero_match"] = {
+        "http_status": patch.http_status,
+        "body": patch.body_shape,
+        "content_range": patch.headers.get("content-range"),
+    }
+    observed = f"PATCH id=eq.<random> with Prefer and select: {patch.summary()}"
+    ok = True
+    if patch.http_status == 200 and patch.body_shape == "empty array":
+        meaning = "empty array"
+        action = (
+            "an empty array means no row matched: such rows are reported not_found (the shape "
+            "of a one-row success, object or array, cannot be seen without changing a row; "
+            "both are accepted)"
+        )
+    elif patch.http_status == 204:
+        meaning = "no content"
+        action = (
+            "204 without a body: mateo-bulk reads the rows back with GET to tell updated from "
+            "not_found (one extra request per 50 rows)"
+        )
+        ok = False
+    elif patch.http_status == 200 and patch.body_shape in ("null", "object"):
+        meaning = "object"
+        action = (
+            "a single object, not PostgREST's array: the body names one row at most, so "
+            "mateo-bulk reads the rows of a grouped PATCH back with GET"
+        )
+        ok = False
+    elif _means_no_match(patch):
+        meaning = "not found 404"
+        action = "404 here means 'no row matched' (PostgREST before 10.1): reported not_found"
+    elif patch.http_status == 406:
+        meaning = "refused 406"
+        action = "see the single-object question: a one-id 406 is reported not_found"
+        ok = False
+    else:
+        meaning = "unexpected"
+        action = "not an answer mateo-bulk knows: the rows would be reported failed"
+        ok = False
+    answers["zero_match_means"] = meaning
+    return _Judgement(observed, action, ok=ok)
+
+
+def _prefer_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    both = found["zero match, Prefer and select"]
+    select_only = found["zero match, select only"]
+    applied_header = both.headers.get("preference-applied")
+    observed = (
+        f"with Prefer: {both.http_status} body {both.body_shape}, "
+        + (f"Preference-Applied: {applied_header}" if applied_header else "no Preference-Applied")
+        + f"; select only: {select_only.http_status} body {select_only.body_shape}"
+    )
+    answerable = all(each.http_status in (200, 204) for each in (both, select_only))
+    prefer_forwarded: bool | None = None
+    select_alone: bool | None = None
+    if answerable:
+        applied = "return=representation" in both.headers.get("preference-applied", "")
+        select_alone = select_only.has_body
+        if applied or (both.has_body and not select_only.has_body):
+            prefer_forwarded = True
+        elif not both.has_body:
+            prefer_forwarded = False
+    answers["prefer_forwarded"] = prefer_forwarded
+    answers["select_alone_returns_body"] = select_alone
+    answers["body_with_prefer_and_select"] = both.has_body if answerable else None
+    if not answerable:
+        action = (
+            "cannot tell from these answers; mateo-bulk sends both Prefer and select, which "
+            "gets a body back under either rule"
+        )
+        return _Judgement(observed, action, ok=True)
+    if both.has_body:
+        action = "mateo-bulk sends both, and a body comes back"
+        if both.body_shape in ("array", "empty array"):
+            action += " that names the updated rows"
+        if prefer_forwarded is None:
+            action += " (select alone brings the body, so whether Prefer is forwarded is moot)"
+        return _Judgement(observed, action)
+    action = (
+        "no body even with both (Prefer not forwarded or ignored): mateo-bulk reads each "
+        "group's rows back with GET, one extra request per 50 rows"
+    )
+    return _Judgement(observed, action, ok=False)
+
+
+def _content_range_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    # PATCH answers first: theirs is the count mateo-bulk checks.
+    answers_seen = sorted(found.values(), key=lambda each: each.method != "PATCH")
+    successes = [each for each in answers_seen if each.http_status in (200, 204, 206)]
+    with_header = [each for each in successes if "content-range" in each.headers]
+    forwarded = bool(with_header) if successes else None
+    answers["content_range_forwarded"] = forwarded
+    if forwarded:
+        sample = with_header[0]
+        observed = f"{sample.purpose}: Content-Range {sample.headers['content-range']}"
+        action = "the count of updated rows is checked against the rows the answer names"
+    elif forwarded is None:
+        observed = "no successful answer to look at"
+        action = "mateo-bulk never relies on Content-Range alone"
+    else:
+        observed = f"none of {len(successes)} successful answers had one"
+        action = "no count to check against: mateo-bulk relies on the rows named or read back"
+    return _Judgement(observed, action, ok=forwarded is not False)
+
+
+def _single_object_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    zero = found["zero match, Prefer and select"]
+    grouped = found["in. with 2 ids"]
+    read = found["token check"]
+    refused = [each for each in (zero, grouped) if each.http_status == 406]
+    # Without our asking for one, an object for a plain GET is the same proxy rule at work.
+    object_read = read.http_status == 200 and read.body_shape == "object"
+    forced = bool(refused) or object_read
+    answers["single_object_forced"] = forced
+    if not forced:
+        observed = (
+            f"zero-match PATCH {zero.http_status}, 2-id PATCH {grouped.http_status}, GET body "
+            f"{read.body_shape}"
+        )
+        return _Judgement(observed, "not forced: grouped PATCHes can be used")
+    observed = "; ".join(
+        [f"{each.purpose}: {each.summary()}" for each in refused]
+        + (["GET conversation?limit=1 answered a bare object"] if object_read else [])
+    )
+    action = (
+        "forced: any PATCH naming several ids would be refused (and rolled back), so "
+        "mateo-bulk sends one row per request (--batch-size 1); a one-id 406 is not_found"
+    )
+    return _Judgement(observed, action, ok=False)
+
+
+def _in_filter_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    grouped = found["in. with 2 ids"]
+    lengths = sorted(
+        (each for each in found.values() if each.purpose.startswith("in. with")),
+        key=lambda each: each.ids,
+    )
+    passed = [each for each in lengths if _filter_accepted(each)]
+    refused = [each for each in lengths if not _filter_accepted(each)]
+    accepted = _filter_accepted(grouped)
+    longest = passed[-1] if passed else None
+    shortest_refused = next((each for each in refused if each.ids > 2), None)
+    answers["in_filter_accepted"] = accepted
+    answers["longest_in_list_accepted"] = longest.ids if longest else None
+    answers["shortest_in_list_refused"] = shortest_refused.ids if shortest_refused else None
+    answers["longest_url_accepted"] = longest.url_length if longest else None
+    answers["shortest_url_refused"] = shortest_refused.url_length if shortest_refused else None
+    tried = ", ".join(f"{each.ids} ids → {each.http_status}" for each in lengths)
+    observed = f"{tried} (Prefer and select as mateo-bulk sends them)"
+    if not accepted:
+        answers["recommended_batch_size"] = 1
+        reason = (
+            f"{grouped.http_status} {grouped.error_code}"
+            if grouped.error_code
+            else str(grouped.http_status)
+        )
+        action = f"grouped PATCH refused ({reason}): mateo-bulk will send one row per request"
+        return _Judgement(observed, action, ok=False)
+    assert longest is not None
+    batch = min(longest.ids, MAX_BATCH_SIZE)
+    answers["recommended_batch_size"] = batch
+    if shortest_refused is not None:
+        observed += (
+            f"; refused from {shortest_refused.ids} ids ({shortest_refused.url_length}-byte "
+            f"URL), accepted up to {longest.ids} ({longest.url_length} bytes)"
+        )
+    if batch >= DEFAULT_BATCH_SIZE:
+        action = f"batch size {DEFAULT_BATCH_SIZE} is safe (up to {batch} works here)"
+        if batch > DEFAULT_BATCH_SIZE:
+            action += f"; --batch-size {batch} saves requests"
+        return _Judgement(observed, action)
+    action = (
+        f"use --batch-size {batch} or less: longer URLs are refused here (a 414 mid-run "
+        "halves the batch size anyway)"
+    )
+    return _Judgement(observed, action, ok=False)
+
+
+def _error_body_verdict(
+    found: Found, rate_limited: list[Observation], answers: dict[str, Any]
+) -> _Judgement:
+    error = found["invalid status"]
+    answers["error_example"] = {
+        "http_status": error.http_status,
+        "code": error.error_code,
+        "keys": list(error.error_keys),
+        "content_type": error.headers.get("content-type"),
+    }
+    answers["error_body_keys"] = list(error.error_keys)
+    observed = f'PATCH {{"status": "doctor-check"}} on a random id: {error.http_status}'
+    if error.error_code:
+        observed += f" {error.error_code}"
+    if error.error_keys:
+        observed += f", keys {', '.join(error.error_keys)}"
+    else:
+        observed += f", body {error.body_shape}"
+    if error.http_status < 400:
+        action = (
+            "an invalid status was not refused (nothing matched, nothing changed): mateo-bulk "
+            "validates every value before sending"
+        )
+        return _Judgement(observed, action, ok=False)
+    shape = (
+        "Mateo's documented shape"
+        if "status" in error.error_keys
+        else "PostgREST's shape"
+        if "details" in error.error_keys
+        else "an unknown shape"
+    )
+    action = (
+        f"{shape}; every key is read as optional: rejected rows are reported with the code "
+        "and message the server gave"
+    )
+    return _Judgement(observed, action, ok="code" in error.error_keys)
+
+
+_Judge = Callable[[Found, list[Observation], dict[str, Any]], _Judgement]
+#: The questions in the order they are printed: key, question, and who answers it.
+_QUESTIONS: tuple[tuple[str, str, _Judge], ...] = (
+    ("rate_limit_headers", "Which rate-limit headers come back?", _rate_limit_verdict),
+    ("zero_match", "What does a PATCH that matches nothing return?", _zero_match_verdict),
+    (
+        "prefer_and_select",
+        "Does select alone bring a body back? Is Prefer forwarded?",
+        _prefer_verdict,
+    ),
+    ("content_range", "Is Content-Range forwarded?", _content_range_verdict),
+    (
+        "single_object",
+        "Does the proxy force a single-object answer (406 PGRST116)?",
+        _single_object_verdict,
+    ),
+    ("in_filter", "Is id=in.(…) accepted on a PATCH, and up to what length?", _in_filter_verdict),
+    ("error_body", "What does an error body look like?", _error_body_verdict),
+)
