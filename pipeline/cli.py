@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS
 from pipeline.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
+from pipeline.quota import DEFAULT_DAILY_QUOTA
 from pipeline.runner import RunSettings, RunSummary, export_report, resume, run, run_status
 from pipeline.validate import parse_fixed_values
 
@@ -148,6 +149,39 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default="aiohttp",
         help="HTTP connection pool (default aiohttp; see bench/ for why)",
     )
+    quota = parser.add_argument_group("daily budget")
+    quota.add_argument(
+        "--daily-quota",
+        type=_number(int, 1),
+        default=DEFAULT_DAILY_QUOTA,
+        metavar="N",
+        help="requests the account may send per day, shared by every run on this machine "
+        f"(default {DEFAULT_DAILY_QUOTA:,})",
+    )
+    quota.add_argument(
+        "--max-requests",
+        type=_number(int, 1),
+        metavar="N",
+        help="the most requests this run may send; then it stops, resumable",
+    )
+    quota.add_argument(
+        "--quota-reset-utc",
+        default="00:00",
+        metavar="HH:MM",
+        help="when the API's day starts, in UTC (default 00:00)",
+    )
+    quota.add_argument(
+        "--max-wait",
+        type=_number(float, 0),
+        default=60.0,
+        metavar="S",
+        help="a 429 asking to wait longer stops the run, resumable (default 60)",
+    )
+    quota.add_argument(
+        "--wait",
+        action="store_true",
+        help="when the budget or the API's limit is spent, sleep until it resets, not stop",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--dry-run", action="store_true", help="validate and write the report; send nothing"
@@ -243,6 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor_parser.set_defaults(handler=_doctor_command)
 
+    doctor_parser = commands.add_parser(
+        "doctor",
+        help="check, harmlessly, how this account's API answers what Mateo does not document",
+        description="Ask the API the questions Mateo's docs leave open (answer shapes, in. "
+        "filters, URL length, rate-limit headers, error bodies) with fewer than 20 requests that "
+        "cannot change anything; print a verdict per question and store the answers.",
+    )
+    _add_token_argument(doctor_parser)
+    doctor_parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help=f"the API's base URL (default {DEFAULT_BASE_URL}, or {BASE_URL_VARIABLE})",
+    )
+    doctor_parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="diagnose the bundled sandbox, started with Mateo's limits (no token needed)",
+    )
+    doctor_parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the verdicts"
+    )
+    doctor_parser.set_defaults(handler=_doctor_command)
+
     from pipeline.sandbox import command as sandbox_command
 
     sandbox_parser = commands.add_parser(
@@ -283,7 +341,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         column_map[field.strip()] = column.strip()
     return RunSettings(
         input=args.input,
-        token="" if args.sandbox or args.dry_run else _read_token(args),
+        # A dry run needs no token; with one, it can show the day's budget.
+        token="" if args.sandbox else _read_token(args),
         base_url=args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL,
         column_map=column_map,
         fixed_values=parse_fixed_values(args.set),
@@ -298,6 +357,11 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         report=args.report,
         delimiter=args.delimiter,
         transport=args.transport,
+        daily_quota=args.daily_quota,
+        max_requests=args.max_requests,
+        quota_reset_utc=args.quota_reset_utc,
+        max_wait=args.max_wait,
+        wait=args.wait,
     )
 
 
@@ -373,6 +437,31 @@ def _report_command(args: argparse.Namespace) -> int:
     rows = export_report(args.run_dir, args.report)
     print(f"report: {args.report} ({rows:,} rows)")
     return 0
+
+
+def _doctor_command(args: argparse.Namespace) -> int:
+    import functools
+    import json
+
+    import anyio
+
+    from pipeline.doctor import diagnose, report_text
+
+    if args.sandbox:
+        from pipeline.sandbox import mateo_limits_sandbox
+
+        with mateo_limits_sandbox() as sandbox:
+            print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
+            # The sandbox's answers are not any account's: nothing is stored.
+            check = functools.partial(diagnose, sandbox.base_url, sandbox.token, save=False)
+            report = anyio.run(check)
+    else:
+        base_url = args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+        report = anyio.run(functools.partial(diagnose, base_url, _read_token(args)))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report_text(report))
+    if report.stopped:
+        print(f"mateo-bulk: doctor stopped early: {report.stopped}", file=sys.stderr)
+    return report.exit_code
 
 
 def _doctor_command(args: argparse.Namespace) -> int:
