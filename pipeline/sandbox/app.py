@@ -34,6 +34,15 @@ OBJECT_MEDIA_TYPE = "application/vnd.pgrst.object+json"
 _JSON = b"application/json; charset=utf-8"
 _HTML = b"text/html"
 _DROP_MESSAGE = "ASGI callable returned without completing response."
+#: Hostile answers that are sent instead of doing the work: nothing is committed.
+_HOSTILE_WITHOUT_COMMIT = frozenset(
+    ("not_json", "object", "huge_body", "endless", "redirect", "bad_retry_after")
+)
+_HUGE_BODY_BYTES = 10 * 1024 * 1024
+_TRICKLE_INTERVAL = 0.1
+_MALFORMED_RETRY_AFTER = b"in a little while"
+#: A year, in the seconds form of Retry-After.
+_ENORMOUS_RETRY_AFTER = b"31536000"
 
 
 class _Response:
@@ -80,6 +89,7 @@ class SandboxApp:
         self._wakeup: asyncio.Event | None = None
         self._closing = False
         self._generation = 0
+        self._bad_retry_afters = 0
         state.configure_limits(config)
         state.set_redaction(config.token)
         logging.getLogger("uvicorn.error").addFilter(_quiet_filter)
@@ -102,6 +112,7 @@ class SandboxApp:
     def restart_faults(self) -> None:
         """Draw faults from the start of the seeded sequence again."""
         self._rng = random.Random(self.config.fault_seed)
+        self._bad_retry_afters = 0
 
     def start_new_generation(self) -> None:
         """Requests still sleeping when the sandbox is reset must not touch the fresh rows."""
@@ -176,6 +187,9 @@ class SandboxApp:
                     dropped = True
                     await _send_partial(send, response)
                     return
+                if fault == "endless":
+                    await self._trickle(send, receive, response)
+                    return
         except _Disconnected:
             response = _Response(499, [], None)
             return
@@ -227,6 +241,9 @@ class SandboxApp:
         if fault in ("500", "502", "503"):
             await self._sleep(min(delay, config.cutoff_seconds or delay))
             return _fault_response(fault, config, limit_headers), fault
+        if fault in _HOSTILE_WITHOUT_COMMIT:
+            await self._sleep(min(delay, config.cutoff_seconds or delay))
+            return self._hostile_response(fault, scope, config, limit_headers), fault
         if config.cutoff_seconds is not None and delay > config.cutoff_seconds:
             await self._sleep(config.cutoff_seconds)
             if self._generation != generation:
@@ -244,6 +261,8 @@ class SandboxApp:
             answer = _fault_response("503", config, limit_headers)
             answer.ids_updated = response.ids_updated
             return answer, fault
+        if fault == "foreign_rows" and response.status in (200, 204):
+            self._add_foreign_row(scope, response)
         return response, fault
 
     def _draw_faults(self, config: SandboxConfig) -> tuple[str | None, float]:
@@ -257,6 +276,13 @@ class SandboxApp:
             ("503", config.fault_503),
             ("drop", config.fault_drop),
             ("applied_503", config.fault_applied_503),
+            ("not_json", config.fault_not_json),
+            ("object", config.fault_object),
+            ("foreign_rows", config.fault_foreign_rows),
+            ("huge_body", config.fault_huge_body),
+            ("endless", config.fault_endless),
+            ("redirect", config.fault_redirect),
+            ("bad_retry_after", config.fault_bad_retry_after),
         )
         if any(probability for _, probability in exclusive):
             roll = rng.random()
@@ -279,6 +305,116 @@ class SandboxApp:
             if fault is None:
                 fault = "slow"
         return fault, delay
+
+    # --- hostile answers ----------------------------------------------------------------
+
+    def _hostile_response(
+        self, fault: str, scope: Scope, config: SandboxConfig, limit_headers: list[Header]
+    ) -> _Response:
+        """A broken or malicious server's answer, sent instead of doing the work."""
+        if fault == "redirect":
+            origin = config.fault_redirect_to or f"http://127.0.0.2:{_server_port(scope)}"
+            query = scope["query_string"].decode("latin-1")
+            location = f"{origin.rstrip('/')}/steal{scope['path']}" + (f"?{query}" if query else "")
+            headers = [(b"location", location.encode()), (b"content-type", _HTML), *limit_headers]
+            return _Response(307, headers, b"<html><body>Moved</body></html>")
+        if fault == "bad_retry_after":
+            value = self._bad_retry_after(config)
+            headers = [
+                *(header for header in limit_headers if header[0] != b"ratelimit-reset"),
+                (b"retry-after", value),
+                (b"ratelimit-reset", value),
+            ]
+            error = ApiError(429, "RATE_LIMITED", "Too many requests: rate limit exceeded")
+            return _error_response(error, config.error_body, headers)
+        headers = [(b"content-type", _JSON), *limit_headers]
+        if fault == "not_json":
+            # A proxy that answers with a page of its own but keeps the JSON content type.
+            return _Response(200, headers, b"<html><body>OK</body></html>")
+        if fault == "endless":
+            return _Response(200, headers, None)
+        try:
+            rows = self._rows_as_they_stand(scope)
+        except ApiError as error:
+            return _error_response(error, config.error_body, limit_headers)
+        if fault == "object":
+            payload: Any = (
+                (rows[0] if rows else {})
+                if config.fault_object_shape == "row"
+                else {"data": rows, "count": len(rows)}
+            )
+            return _Response(200, headers, _dumps(payload))
+        # huge_body: a valid array of the rows, so only a size cap stops a client taking it.
+        items = b",".join(_dumps(row) for row in rows)
+        padding = b" " * max(0, _HUGE_BODY_BYTES - len(items) - 2)
+        return _Response(200, headers, b"[" + items + padding + b"]")
+
+    def _rows_as_they_stand(self, scope: Scope) -> list[dict[str, Any]]:
+        """The rows a request's filters select, unchanged, shaped by its select (at most 50)."""
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = parse_query(pairs, default_order=False)
+        with self.state.lock:
+            matched = self.state.match(query)[: self.config.max_rows]
+            return [project(row, query.select) for row in matched]
+
+    def _bad_retry_after(self, config: SandboxConfig) -> bytes:
+        kind = config.bad_retry_after
+        if kind == "alternate":
+            self._bad_retry_afters += 1
+            kind = "malformed" if self._bad_retry_afters % 2 else "enormous"
+        return _MALFORMED_RETRY_AFTER if kind == "malformed" else _ENORMOUS_RETRY_AFTER
+
+    def _add_foreign_row(self, scope: Scope, response: _Response) -> None:
+        """Name one more real row, one the request did not ask for, in a 200 array."""
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = parse_query(pairs, default_order=False)
+        asked = query.id_candidates or frozenset()
+        named: Any = json.loads(response.body) if response.body else []
+        rows = named if isinstance(named, list) else [] if named is None else [named]
+        named_ids = {row.get("id") for row in rows}
+        with self.state.lock:
+            foreign = next(
+                (
+                    row
+                    for row in self.state.dataset.rows
+                    if row["id"] not in asked and row["id"] not in named_ids
+                ),
+                None,
+            )
+            if foreign is None:
+                return
+            current = self.state.row(str(foreign["id"])) or foreign
+            rows.append(project(current, query.select))
+        response.status = 200
+        response.headers = [
+            header
+            for header in response.headers
+            if header[0] not in (b"content-type", b"content-range")
+        ]
+        response.headers.append((b"content-type", _JSON))
+        response.body = _dumps(rows)
+
+    async def _trickle(self, send: Send, receive: Receive, response: _Response) -> None:
+        """Send the headers, then one byte every 100 ms until the client hangs up.
+
+        The body is never finished: at a reset or shutdown the connection is closed mid-body,
+        so a client still reading sees a broken answer, never a complete (empty) one.
+        """
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": response.headers}
+        )
+        generation = self._generation
+        hung_up = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            chunk = b"["
+            while not self._closing and self._generation == generation:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = b" "
+                await asyncio.wait((hung_up,), timeout=_TRICKLE_INTERVAL)
+                if hung_up.done():
+                    return
+        finally:
+            hung_up.cancel()
 
     def _handle(self, scope: Scope, method: str, body: bytes, config: SandboxConfig) -> _Response:
         """PostgREST's part: everything after the gateway let the request through."""
@@ -703,6 +839,16 @@ def _cutoff_response(config: SandboxConfig, limit_headers: list[Header]) -> _Res
         hint=f"Requests are cut off after {config.cutoff_seconds:g} seconds.",
     )
     return _error_response(error, config.error_body, limit_headers)
+
+
+def _server_port(scope: Scope) -> int:
+    server = scope.get("server")
+    return int(server[1]) if server and server[1] is not None else 80
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(receive: Receive) -> bytes:

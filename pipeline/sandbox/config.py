@@ -20,6 +20,8 @@ ERROR_BODIES = ("mateo", "postgrest")
 RATELIMIT_WINDOWS = ("rate", "day")
 CUTOFF_BODIES = ("json", "html")
 LATENCY_DISTRIBUTIONS = ("fixed", "uniform", "exponential")
+OBJECT_FAULT_SHAPES = ("row", "wrapper")
+BAD_RETRY_AFTER_KINDS = ("malformed", "enormous", "alternate")
 
 
 def _switch(
@@ -243,29 +245,98 @@ class SandboxConfig:
         30.0, "extra delay of a very slow answer", group="faults", metavar="SECONDS"
     )
 
+    # --- Hostile answers: what a broken or malicious server might send ------------------------
+    fault_not_json: float = _switch(
+        0.0,
+        "probability of a 200 whose body is not JSON (nothing committed)",
+        group="faults",
+        metavar="P",
+    )
+    fault_object: float = _switch(
+        0.0,
+        "probability of a 200 with one JSON object instead of the array, for any number of rows "
+        "and whatever was asked for (nothing committed; see --fault-object-shape)",
+        group="faults",
+        metavar="P",
+    )
+    fault_object_shape: str = _switch(
+        "row",
+        "the object of --fault-object: row = the first matched row as it stands, unchanged ({} "
+        'when none matched); wrapper = {"data": [the matched rows], "count": N}',
+        group="faults",
+        choices=OBJECT_FAULT_SHAPES,
+    )
+    fault_foreign_rows: float = _switch(
+        0.0,
+        "probability that a 200 array also names a real row that was not asked for (the asked "
+        "rows are committed as usual)",
+        group="faults",
+        metavar="P",
+    )
+    fault_huge_body: float = _switch(
+        0.0,
+        "probability of a 200 with a 10 MB body: the matched rows, unchanged, padded with "
+        "whitespace (nothing committed)",
+        group="faults",
+        metavar="P",
+    )
+    fault_endless: float = _switch(
+        0.0,
+        "probability of a 200 whose body never ends: one byte every 100 ms until the client "
+        "hangs up (nothing committed)",
+        group="faults",
+        metavar="P",
+    )
+    fault_redirect: float = _switch(
+        0.0,
+        "probability of a 307 redirect to another origin (nothing committed)",
+        group="faults",
+        metavar="P",
+    )
+    fault_redirect_to: str = _switch(
+        "",
+        "origin a --fault-redirect answer points to; the request's path and query follow /steal",
+        group="faults",
+        metavar="URL",
+        default_text="http://127.0.0.2:<the sandbox's port>",
+    )
+    fault_bad_retry_after: float = _switch(
+        0.0,
+        "probability of a 429 whose Retry-After and ratelimit-reset are malformed or enormous "
+        "(nothing committed)",
+        group="faults",
+        metavar="P",
+    )
+    bad_retry_after: str = _switch(
+        "alternate",
+        "the Retry-After of --fault-bad-retry-after: malformed (not a number or a date), "
+        "enormous (a year), or alternate between the two",
+        group="faults",
+        choices=BAD_RETRY_AFTER_KINDS,
+    )
+
     def __post_init__(self) -> None:
         _check_choice("object_response", self.object_response, OBJECT_RESPONSES)
         _check_choice("error_body", self.error_body, ERROR_BODIES)
         _check_choice("ratelimit_window", self.ratelimit_window, RATELIMIT_WINDOWS)
         _check_choice("cutoff_body", self.cutoff_body, CUTOFF_BODIES)
         _check_choice("latency_distribution", self.latency_distribution, LATENCY_DISTRIBUTIONS)
+        _check_choice("fault_object_shape", self.fault_object_shape, OBJECT_FAULT_SHAPES)
+        _check_choice("bad_retry_after", self.bad_retry_after, BAD_RETRY_AFTER_KINDS)
         if not self.token:
             raise ValueError("token must not be empty")
-        for name in (
-            "fault_500",
-            "fault_502",
-            "fault_503",
-            "fault_drop",
-            "fault_applied_503",
-            "fault_slow",
-        ):
+        for name in (*EXCLUSIVE_FAULTS, "fault_slow"):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a probability between 0 and 1, not {value}")
-        if sum(getattr(self, name) for name in _EXCLUSIVE_FAULTS) > 1.0 + 1e-9:
+        if sum(getattr(self, name) for name in EXCLUSIVE_FAULTS) > 1.0 + 1e-9:
+            raise ValueError(f"{' + '.join(EXCLUSIVE_FAULTS)} must not exceed 1")
+        if self.fault_redirect_to and not self.fault_redirect_to.startswith(
+            ("http://", "https://")
+        ):
             raise ValueError(
-                "fault_500 + fault_502 + fault_503 + fault_drop + fault_applied_503 must not "
-                "exceed 1"
+                f"fault_redirect_to must be an http:// or https:// origin, not "
+                f"{self.fault_redirect_to!r}"
             )
         _check_positive("rate", self.rate)
         _check_positive("burst", self.burst)
@@ -302,7 +373,22 @@ class SandboxConfig:
         return values
 
 
-_EXCLUSIVE_FAULTS = ("fault_500", "fault_502", "fault_503", "fault_drop", "fault_applied_503")
+#: At most one of these faults is drawn per request, from a single roll; the hostile answers
+#: come last so that a seed drawn before they existed still fails the same way.
+EXCLUSIVE_FAULTS = (
+    "fault_500",
+    "fault_502",
+    "fault_503",
+    "fault_drop",
+    "fault_applied_503",
+    "fault_not_json",
+    "fault_object",
+    "fault_foreign_rows",
+    "fault_huge_body",
+    "fault_endless",
+    "fault_redirect",
+    "fault_bad_retry_after",
+)
 
 
 def switch_names() -> tuple[str, ...]:
