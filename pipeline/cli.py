@@ -277,30 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor_parser.set_defaults(handler=_doctor_command)
 
-    doctor_parser = commands.add_parser(
-        "doctor",
-        help="check, harmlessly, how this account's API answers what Mateo does not document",
-        description="Ask the API the questions Mateo's docs leave open (answer shapes, in. "
-        "filters, URL length, rate-limit headers, error bodies) with fewer than 20 requests that "
-        "cannot change anything; print a verdict per question and store the answers.",
-    )
-    _add_token_argument(doctor_parser)
-    doctor_parser.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=None,
-        help=f"the API's base URL (default {DEFAULT_BASE_URL}, or {BASE_URL_VARIABLE})",
-    )
-    doctor_parser.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="diagnose the bundled sandbox, started with Mateo's limits (no token needed)",
-    )
-    doctor_parser.add_argument(
-        "--json", action="store_true", help="print one JSON document instead of the verdicts"
-    )
-    doctor_parser.set_defaults(handler=_doctor_command)
-
     from pipeline.sandbox import command as sandbox_command
 
     sandbox_parser = commands.add_parser(
@@ -437,31 +413,6 @@ def _report_command(args: argparse.Namespace) -> int:
     rows = export_report(args.run_dir, args.report)
     print(f"report: {args.report} ({rows:,} rows)")
     return 0
-
-
-def _doctor_command(args: argparse.Namespace) -> int:
-    import functools
-    import json
-
-    import anyio
-
-    from pipeline.doctor import diagnose, report_text
-
-    if args.sandbox:
-        from pipeline.sandbox import mateo_limits_sandbox
-
-        with mateo_limits_sandbox() as sandbox:
-            print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
-            # The sandbox's answers are not any account's: nothing is stored.
-            check = functools.partial(diagnose, sandbox.base_url, sandbox.token, save=False)
-            report = anyio.run(check)
-    else:
-        base_url = args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
-        report = anyio.run(functools.partial(diagnose, base_url, _read_token(args)))
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report_text(report))
-    if report.stopped:
-        print(f"mateo-bulk: doctor stopped early: {report.stopped}", file=sys.stderr)
-    return report.exit_code
 
 
 def _doctor_command(args: argparse.Namespace) -> int:
