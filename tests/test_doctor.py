@@ -1,0 +1,344 @@
+"""`mateo-bulk doctor` against the sandbox: right verdicts for every switch, harmless, cheap."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.account import account_fingerprint
+from pipeline.cli import main
+from pipeline.doctor import (
+    MAX_REQUESTS,
+    DoctorReport,
+    diagnose,
+    load_answers,
+    report_text,
+)
+from pipeline.sandbox import Sandbox
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Answers go to a directory of the test's own, never the home directory."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("MATEO_BULK_STATE_DIR", str(path))
+    return path
+
+
+def run_doctor(sandbox: Sandbox, **switches: Any) -> DoctorReport:
+    """Diagnose the sandbox with `switches` set, unpaced, and check that nothing changed."""
+    sandbox.configure(**switches)
+    before = sandbox.rows()
+    report = anyio.run(functools.partial(diagnose, sandbox.base_url, sandbox.token, rate=None))
+    stats = sandbox.stats()
+    assert sandbox.rows() == before
+    assert stats["updates"] == 0
+    assert stats["safety_violations"] == 0
+    assert report.requests == stats["requests"] < 20
+    return report
+
+
+def verdict(report: DoctorReport, key: str) -> Any:
+    return next(each for each in report.verdicts if each.key == key)
+
+
+def run_cli(*args: str, token: str | None, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MATEO_")}
+    env["MATEO_BULK_STATE_DIR"] = str(state)
+    if token is not None:
+        env["MATEO_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_default_sandbox_is_plain_postgrest(sandbox: Sandbox) -> None:
+    """Plain PostgREST: [] for no match, Prefer forwarded, Content-Range, in. up to 200 ids."""
+    report = run_doctor(sandbox)
+    answers = report.answers
+    assert report.stopped is None and report.exit_code == 0 and report.token_valid
+    assert answers["zero_match"] == {
+        "http_status": 200,
+        "body": "empty array",
+        "content_range": "*/*",
+    }
+    assert answers["prefer_forwarded"] is True
+    assert answers["select_alone_returns_body"] is False
+    assert answers["content_range_forwarded"] is True
+    assert answers["single_object_forced"] is False
+    assert answers["in_filter_accepted"] is True
+    assert answers["longest_in_list_accepted"] == 200
+    assert answers["recommended_batch_size"] == 100
+    assert answers["error_body_keys"] == ["code", "details", "hint", "message", "status"]
+    assert "batch size 50 is safe" in verdict(report, "in_filter").action
+    assert [each.key for each in report.verdicts] == [
+        "token",
+        "rate_limit_headers",
+        "zero_match",
+        "prefer_and_select",
+        "content_range",
+        "single_object",
+        "in_filter",
+        "error_body",
+    ]
+
+
+def test_object_response_one_is_not_claimed_from_a_zero_match(sandbox: Sandbox) -> None:
+    """object_response=one only shows on a one-row success: doctor says it cannot see it."""
+    report = run_doctor(sandbox, object_response="one")
+    assert report.answers["zero_match_means"] == "empty array"
+    assert "cannot be seen without changing a row" in verdict(report, "zero_match").action
+
+
+def test_object_response_first_is_seen_as_an_object(sandbox: Sandbox) -> None:
+    """A proxy answering rows[0] gives null for no match: grouped rows are read back."""
+    report = run_doctor(sandbox, object_response="first")
+    assert report.answers["zero_match"]["body"] == "null"
+    assert report.answers["zero_match_means"] == "object"
+    zero_match = verdict(report, "zero_match")
+    assert not zero_match.ok and "back with GET" in zero_match.action
+
+
+def test_select_alone_returns_a_body(sandbox: Sandbox) -> None:
+    """select_returns_body: the select-only PATCH has a body too."""
+    report = run_doctor(sandbox, select_returns_body=True)
+    assert report.answers["select_alone_returns_body"] is True
+    assert report.answers["prefer_forwarded"] is True
+
+
+def test_zero_match_404(sandbox: Sandbox) -> None:
+    """An old PostgREST's 404 for no match means not_found; in. still counts as accepted."""
+    report = run_doctor(sandbox, zero_match_404=True)
+    assert report.answers["zero_match_means"] == "not found 404"
+    assert report.answers["in_filter_accepted"] is True
+    assert report.answers["recommended_batch_size"] == 100
+    assert report.answers["prefer_forwarded"] is None
+
+
+def test_forced_single_object(sandbox: Sandbox) -> None:
+    """406 PGRST116 on the zero-match and 2-id PATCHes: one row per request, no length test."""
+    report = run_doctor(sandbox, force_single_object=True)
+    answers = report.answers
+    assert answers["single_object_forced"] is True
+    assert answers["in_filter_accepted"] is False
+    assert answers["recommended_batch_size"] == 1
+    assert answers["longest_in_list_accepted"] is None
+    assert "one row per request" in verdict(report, "in_filter").action
+    assert report.requests == 5
+
+
+def test_content_range_dropped(sandbox: Sandbox) -> None:
+    """drop_content_range: no success carries Content-Range."""
+    report = run_doctor(sandbox, drop_content_range=True)
+    assert report.answers["content_range_forwarded"] is False
+    assert report.answers["zero_match"]["content_range"] is None
+    assert not verdict(report, "content_range").ok
+
+
+def test_prefer_dropped(sandbox: Sandbox) -> None:
+    """drop_prefer: 204 without a body even with Prefer, so rows are read back with GET."""
+    report = run_doctor(sandbox, drop_prefer=True)
+    answers = report.answers
+    assert answers["prefer_forwarded"] is False
+    assert answers["zero_match_means"] == "no content"
+    assert answers["body_with_prefer_and_select"] is False
+    assert "back with GET" in verdict(report, "prefer_and_select").action
+
+
+def test_prefer_dropped_but_select_brings_the_body(sandbox: Sandbox) -> None:
+    """drop_prefer with select_returns_body: a body, and no way to tell about Prefer."""
+    report = run_doctor(sandbox, drop_prefer=True, select_returns_body=True)
+    assert report.answers["select_alone_returns_body"] is True
+    assert report.answers["prefer_forwarded"] is None
+    assert report.answers["body_with_prefer_and_select"] is True
+
+
+def test_url_limit_between_50_and_100_ids(sandbox: Sandbox) -> None:
+    """A proxy refusing 100 ids but not 50 gives batch size 50, with the URL lengths."""
+    report = run_doctor(sandbox, max_url_length=3000)
+    answers = report.answers
+    assert answers["longest_in_list_accepted"] == 50
+    assert answers["shortest_in_list_refused"] == 100
+    assert answers["recommended_batch_size"] == 50
+    assert answers["longest_url_accepted"] <= 3000 < answers["shortest_url_refused"]
+    assert "batch size 50 is safe" in verdict(report, "in_filter").action
+
+
+def test_url_limit_below_50_ids(sandbox: Sandbox) -> None:
+    """When 50 ids are refused, doctor tries shorter lists and recommends the one that passed."""
+    report = run_doctor(sandbox, max_url_length=1000)
+    assert report.answers["longest_in_list_accepted"] == 20
+    assert report.answers["recommended_batch_size"] == 20
+    in_filter = verdict(report, "in_filter")
+    assert not in_filter.ok and "--batch-size 20" in in_filter.action
+
+
+def test_postgrest_error_body(sandbox: Sandbox) -> None:
+    """error_body=postgrest: the keys lack Mateo's status; the 22P02 is still recorded."""
+    report = run_doctor(sandbox, error_body="postgrest")
+    answers = report.answers
+    assert answers["error_body_keys"] == ["code", "details", "hint", "message"]
+    assert answers["error_example"]["http_status"] == 400
+    assert answers["error_example"]["code"] == "22P02"
+    assert "PostgREST's shape" in verdict(report, "error_body").action
+
+
+def test_rate_limit_headers_seen(sandbox: Sandbox) -> None:
+    """With a limit, the three ratelimit-* headers and their values are reported."""
+    report = run_doctor(sandbox, rate=1000.0, burst=1000)
+    headers = report.answers["ratelimit_headers"]
+    assert set(headers) == {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"}
+    assert headers["ratelimit-limit"] == "1000"
+    assert report.answers["ratelimit_window"] == "rate"
+    assert "steer the pace" in verdict(report, "rate_limit_headers").action
+
+
+def test_rate_limit_headers_of_the_daily_window(sandbox: Sandbox) -> None:
+    """Headers describing the daily quota (reset in hours) are told apart from the rate's."""
+    report = run_doctor(sandbox, daily_quota=10_000, ratelimit_window="day")
+    assert report.answers["ratelimit_headers"]["ratelimit-limit"] == "10000"
+    assert report.answers["ratelimit_window"] == "day"
+
+
+def test_rate_limit_headers_off(sandbox: Sandbox) -> None:
+    """With every ratelimit-* header switched off, none is reported and the pace is fixed."""
+    report = run_doctor(
+        sandbox,
+        rate=1000.0,
+        burst=1000,
+        ratelimit_limit_header=False,
+        ratelimit_remaining_header=False,
+        ratelimit_reset_header=False,
+    )
+    assert report.answers["ratelimit_headers"] == {}
+    assert "keeps to --rate" in verdict(report, "rate_limit_headers").action
+
+
+@pytest.mark.parametrize("retry_after_header", [True, False])
+def test_spent_quota_stops_early_and_tells_about_retry_after(
+    sandbox: Sandbox, retry_after_header: bool
+) -> None:
+    """A 429 asking for a day's wait stops doctor (exit 3) and records Retry-After or its lack."""
+    report = run_doctor(sandbox, daily_quota=1, retry_after_header=retry_after_header)
+    assert report.exit_code == 3
+    assert report.stopped is not None and "rate limited" in report.stopped
+    assert report.answers["retry_after_on_429"] is retry_after_header
+    assert verdict(report, "zero_match").observed == "not asked: doctor stopped early"
+    assert report.answers_file is None
+
+
+def test_waits_out_a_short_retry_after(sandbox: Sandbox) -> None:
+    """A 429 with a short Retry-After is waited out, after which no request is refused again."""
+    report = run_doctor(sandbox, rate=20.0, burst=1)
+    stats = sandbox.stats()
+    assert report.stopped is None
+    assert stats["rate_limited"] == 1
+    assert report.answers["retry_after_on_429"] is True
+    assert report.answers["recommended_batch_size"] == 100
+
+
+def test_answers_file_holds_no_token_and_loads_back(sandbox: Sandbox, state_dir: Path) -> None:
+    """The answers are stored per account fingerprint with URL and time, and read back."""
+    report = run_doctor(sandbox)
+    path = state_dir / "accounts" / account_fingerprint(sandbox.token) / "doctor.json"
+    assert report.answers_file == str(path)
+    text = path.read_text(encoding="utf-8")
+    assert sandbox.token not in text
+    loaded = load_answers(sandbox.token, sandbox.base_url + "/")
+    assert loaded is not None
+    assert loaded["base_url"] == sandbox.base_url
+    assert loaded["checked_at"].endswith("Z")
+    assert loaded["answers"]["recommended_batch_size"] == 100
+    assert load_answers(sandbox.token, "https://integration.getmateo.com/api/v1") is None
+    assert load_answers("another-token", sandbox.base_url) is None
+
+
+def test_report_text_has_a_verdict_per_question(sandbox: Sandbox) -> None:
+    """The plain-text output names each question, its observation and the request count."""
+    report = run_doctor(sandbox)
+    text = report_text(report)
+    for each in report.verdicts:
+        assert each.question in text
+    assert f"{report.requests} requests sent" in text
+    assert sandbox.token not in text
+    assert report.requests < MAX_REQUESTS + 1
+
+
+def test_cli_against_mateo_limits(sandbox: Sandbox, state_dir: Path) -> None:
+    """As a subprocess at Mateo's 2/s: exit 0, --json, no 429, at most 2 requests a second."""
+    sandbox.configure(rate=2.0, burst=2, daily_quota=10_000)
+    before = sandbox.rows()
+    result = run_cli("--base-url", sandbox.base_url, "--json", token=sandbox.token, state=state_dir)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    stats = sandbox.stats()
+    assert document["requests"] == stats["requests"] < 20
+    assert stats["rate_limited"] == 0
+    assert stats["max_requests_in_1s"] <= 2
+    assert stats["updates"] == 0 and stats["safety_violations"] == 0
+    assert sandbox.rows() == before
+    assert document["answers"]["ratelimit_headers"]["ratelimit-limit"] == "2"
+    assert sandbox.token not in result.stdout + result.stderr
+    stored = Path(document["answers_file"])
+    assert stored.is_relative_to(state_dir)
+    assert sandbox.token not in stored.read_text(encoding="utf-8")
+
+
+def test_cli_wrong_token(sandbox: Sandbox, state_dir: Path) -> None:
+    """A refused token: exit 3 after one request, a clear message, the token nowhere."""
+    wrong = "wrong-token-4f1c9a"
+    result = run_cli("--base-url", sandbox.base_url, token=wrong, state=state_dir)
+    assert result.returncode == 3
+    assert "403" in result.stderr and "not valid" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert wrong not in result.stdout + result.stderr
+    assert sandbox.stats()["requests"] == 1
+    assert not state_dir.exists() or wrong not in "".join(
+        path.read_text(encoding="utf-8") for path in state_dir.rglob("*") if path.is_file()
+    )
+    assert load_answers(wrong, sandbox.base_url) is None
+
+
+def test_cli_sandbox_needs_no_token(state_dir: Path) -> None:
+    """`doctor --sandbox` diagnoses a sandbox with Mateo's limits and stores nothing."""
+    result = run_cli("--sandbox", token=None, state=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Is the token valid?" in result.stdout
+    assert "requests sent" in result.stdout
+    assert not (state_dir / "accounts").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--base-url", "http://127.0.0.1:9/api/v1"], "no API token"),
+        (["--base-url", "http://example.com/api/v1"], "plain http"),
+        (["--base-url", "ftp://example.com"], "https://"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    arguments: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No token or a bad URL: exit 2, one line on stderr, nothing sent."""
+    monkeypatch.delenv("MATEO_API_TOKEN", raising=False)
+    if message != "no API token":
+        monkeypatch.setenv("MATEO_API_TOKEN", "some-token")
+    assert main(["doctor", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert len(error.strip().splitlines()) == 1
