@@ -39,6 +39,7 @@ from pipeline.client import (
 from pipeline.errors import InputError, TransientError
 from pipeline.models import ConversationIds
 from pipeline.pacer import Pacer
+from pipeline.quota import QuotaExhausted, QuotaLedger
 
 #: Doctor must stay cheap: it shares the account's 10,000 requests a day with real runs.
 MAX_REQUESTS = 19
@@ -156,10 +157,12 @@ async def diagnose(
     timeout: float = 10.0,
     save: bool = True,
 ) -> DoctorReport:
-    """Ask the API at `base_url` the open questions, harmlessly; store the answers if `save`.
+    """Ask the API at `base_url` the open questions, harmlessly.
 
     `rate` is requests per second (Mateo allows 2); a 429 asking to wait more than `max_wait`
-    seconds stops doctor instead of waiting. Raises InputError for a missing token or bad URL.
+    seconds stops doctor instead of waiting. With `save` (an account's API, not a throwaway
+    sandbox) the requests are counted in the account's daily ledger, shared with runs, and the
+    answers are stored for later runs. Raises InputError for a missing token or bad URL.
     """
     base_url = check_base_url(base_url)
     token = token.strip()
@@ -167,13 +170,18 @@ async def diagnose(
         raise InputError("no API token: set MATEO_API_TOKEN or pass --token-file")
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
         raise InputError("the API token holds characters an HTTP header cannot carry")
-    probe = _Probe(base_url, token, transport, Pacer(rate), max_wait, timeout)
+    ledger = QuotaLedger(token) if save else None
+    probe = _Probe(base_url, token, transport, Pacer(rate), max_wait, timeout, ledger)
     stopped: str | None = None
-    async with probe:
-        try:
-            await probe.ask_everything()
-        except _Stop as stop:
-            stopped = str(stop)
+    try:
+        async with probe:
+            try:
+                await probe.ask_everything()
+            except _Stop as stop:
+                stopped = str(stop)
+    finally:
+        if ledger is not None:
+            ledger.close()
     report = _report(probe, base_url, stopped)
     if save and report.token_valid and not stopped:
         path = save_answers(report, token)
@@ -251,8 +259,10 @@ class _Probe:
         pacer: Pacer,
         max_wait: float,
         timeout: float,
+        ledger: QuotaLedger | None = None,
     ) -> None:
         self._endpoint = base_url + "/conversation"
+        self._ledger = ledger
         self._token = token
         self._pacer = pacer
         self._max_wait = max_wait
@@ -343,6 +353,11 @@ class _Probe:
                     f"{MAX_REQUESTS} requests spent, mostly on retries: the API is busy or "
                     "failing; run doctor again later"
                 )
+            if self._ledger is not None:
+                try:
+                    self._ledger.take()
+                except QuotaExhausted as error:
+                    raise _Stop(str(error)) from None
             await self._pacer.wait()
             self.requests += 1
             try:

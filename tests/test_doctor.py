@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from pipeline.doctor import (
     load_answers,
     report_text,
 )
+from pipeline.quota import QuotaLedger
 from pipeline.sandbox import Sandbox
 
 
@@ -265,6 +268,34 @@ def test_answers_file_holds_no_token_and_loads_back(sandbox: Sandbox, state_dir:
     assert load_answers("another-token", sandbox.base_url) is None
 
 
+def test_requests_count_in_the_daily_ledger(sandbox: Sandbox) -> None:
+    """Doctor's requests come out of the account's daily budget, shared with runs."""
+    report = run_doctor(sandbox)
+    ledger = QuotaLedger(sandbox.token)
+    try:
+        assert ledger.budget().used == report.requests
+    finally:
+        ledger.close()
+
+
+def test_spent_ledger_stops_before_sending(sandbox: Sandbox) -> None:
+    """With the day's budget already spent on this machine, doctor sends nothing (exit 3)."""
+    ledger = QuotaLedger(sandbox.token)
+    budget = ledger.budget()
+    ledger.close()
+    day = (budget.resets_at - timedelta(days=1)).date().isoformat()
+    with sqlite3.connect(ledger.path) as connection:
+        connection.execute(
+            "INSERT INTO used VALUES (?, ?, ?)",
+            (account_fingerprint(sandbox.token), day, budget.limit),
+        )
+    connection.close()
+    report = run_doctor(sandbox)
+    assert report.exit_code == 3
+    assert report.stopped is not None and "budget" in report.stopped
+    assert sandbox.stats()["requests"] == 0
+
+
 def test_report_text_has_a_verdict_per_question(sandbox: Sandbox) -> None:
     """The plain-text output names each question, its observation and the request count."""
     report = run_doctor(sandbox)
@@ -305,9 +336,8 @@ def test_cli_wrong_token(sandbox: Sandbox, state_dir: Path) -> None:
     assert "Traceback" not in result.stderr
     assert wrong not in result.stdout + result.stderr
     assert sandbox.stats()["requests"] == 1
-    assert not state_dir.exists() or wrong not in "".join(
-        path.read_text(encoding="utf-8") for path in state_dir.rglob("*") if path.is_file()
-    )
+    for path in state_dir.rglob("*"):
+        assert not path.is_file() or wrong.encode() not in path.read_bytes()
     assert load_answers(wrong, sandbox.base_url) is None
 
 
