@@ -713,14 +713,20 @@ def _content_range_verdict(
     if forwarded:
         sample = with_header[0]
         observed = f"{sample.purpose}: Content-Range {sample.headers['content-range']}"
-        action = "the count of updated rows is checked against the rows the answer names"
+        action = (
+            "forwarded; mateo-bulk decides each row from the rows the answer names (or reads "
+            "back), not from this count"
+        )
     elif forwarded is None:
         observed = "no successful answer to look at"
-        action = "mateo-bulk never relies on Content-Range alone"
+        action = "mateo-bulk decides each row from the rows named or read back, not from a count"
     else:
         observed = f"none of {len(successes)} successful answers had one"
-        action = "no count to check against: mateo-bulk relies on the rows named or read back"
-    return _Judgement(observed, action, ok=forwarded is not False)
+        action = (
+            "not forwarded; nothing depends on it: mateo-bulk decides each row from the rows "
+            "named or read back"
+        )
+    return _Judgement(observed, action)
 
 
 def _single_object_verdict(
@@ -745,8 +751,9 @@ def _single_object_verdict(
         + (["GET conversation?limit=1 answered a bare object"] if object_read else [])
     )
     action = (
-        "forced: any PATCH naming several ids would be refused (and rolled back), so "
-        "mateo-bulk sends one row per request (--batch-size 1); a one-id 406 is not_found"
+        "forced: a PATCH naming several ids is refused (and rolled back); mateo-bulk falls "
+        "back to one row per request at the first refusal (or use --batch-size 1), and reads "
+        "a one-id 406 as not_found"
     )
     return _Judgement(observed, action, ok=False)
 
@@ -778,7 +785,10 @@ def _in_filter_verdict(
             if grouped.error_code
             else str(grouped.http_status)
         )
-        action = f"grouped PATCH refused ({reason}): mateo-bulk will send one row per request"
+        action = (
+            f"grouped PATCH refused ({reason}): mateo-bulk will send one row per request "
+            "(it falls back at the first refusal; --batch-size 1 avoids even that one)"
+        )
         return _Judgement(observed, action, ok=False)
     assert longest is not None
     batch = min(longest.ids, MAX_BATCH_SIZE)
