@@ -12,6 +12,14 @@ from pipeline.runner import Progress, RunSummary
 _SHOWN = (Outcome.UPDATED, Outcome.NOT_FOUND, Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 
 
+def _limits(progress: Progress) -> str:
+    """The shared rate now (it drops after a 429) and the day's budget left."""
+    rate = "unlimited" if progress.rate is None else f"{progress.rate:,.2f} req/s"
+    if progress.budget_left is None:
+        return f"rate {rate}"
+    return f"rate {rate}, budget left {progress.budget_left:,}"
+
+
 def _counts(progress: Progress) -> str:
     parts = [f"{outcome.value} {progress.counts[outcome]:,}" for outcome in _SHOWN]
     return " · ".join(part for part in parts if not part.endswith(" 0")) or "starting"
@@ -33,7 +41,7 @@ class PlainProgress:
         rate = progress.done / progress.elapsed if progress.elapsed else 0.0
         print(
             f"mateo-bulk: {progress.done:,}/{progress.total:,} rows ({rate:,.1f} rows/s, "
-            f"{progress.requests:,} requests) {_counts(progress)}",
+            f"{progress.requests:,} requests; {_limits(progress)}) {_counts(progress)}",
             file=self._stream,
             flush=True,
         )
@@ -64,11 +72,12 @@ class LiveProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[limits]}"),
             TextColumn("{task.fields[counts]}"),
             console=Console(stderr=True),
             transient=False,
         )
-        self._task = self._bar.add_task("rows", total=None, rate="-", counts="")
+        self._task = self._bar.add_task("rows", total=None, rate="-", limits="", counts="")
         self._bar.start()
 
     def __call__(self, progress: Progress) -> None:
@@ -78,6 +87,7 @@ class LiveProgress:
             completed=progress.done,
             total=progress.total,
             rate=f"{rate:,.1f}",
+            limits=_limits(progress),
             counts=_counts(progress),
         )
 
@@ -95,7 +105,7 @@ def summary_text(summary: RunSummary) -> str:
     width = max(len(outcome.value) for outcome in Outcome)
     for outcome in Outcome:
         count = summary.counts.get(outcome, 0)
-        if count or outcome in (Outcome.UPDATED, Outcome.PLANNED if summary.dry_run else None):
+        if count or outcome is (Outcome.PLANNED if summary.dry_run else Outcome.UPDATED):
             lines.append(f"  {outcome.value:<{width}}  {count:>10,}")
     if summary.differences:
         lines.append(
@@ -103,9 +113,47 @@ def summary_text(summary: RunSummary) -> str:
             "target (see the report's difference column)"
         )
     lines += [f"  note: {notice}" for notice in summary.notices]
+    if summary.dry_run:
+        lines.append(plan_text(summary))
+    elif summary.budget is not None:
+        lines.append(
+            f"daily budget: {summary.budget.left:,} of {summary.budget.limit:,} requests left "
+            f"(resets {summary.budget.resets_at:%Y-%m-%d %H:%M} UTC)"
+        )
     if summary.report_path:
         lines.append(f"report: {summary.report_path}")
     if summary.failures_path:
         lines.append(f"failed and rejected rows, to fix and run again: {summary.failures_path}")
     lines.append(f"run directory: {summary.run_dir}")
     return "\n".join(lines)
+
+
+def plan_text(summary: RunSummary) -> str:
+    """The dry run's request plan: what the real run will cost, and whether today allows it."""
+    requests = summary.estimated_requests
+    rate = summary.rate
+    line = f"plan: about {requests:,} requests"
+    if rate:
+        line += f", {_duration(requests / rate)} at {rate:g} requests/s"
+    budget = summary.budget
+    if budget is None:
+        return line + "; set MATEO_API_TOKEN to see the share of today's budget it needs"
+    share = requests / budget.left if budget.left else float("inf")
+    line += (
+        f"; today's budget has {budget.left:,} of {budget.limit:,} requests left "
+        f"(this run needs {share:.0%} of it"
+    )
+    if requests > budget.left:
+        line += (
+            f"; it will stop when the budget is spent and can be resumed after "
+            f"{budget.resets_at:%Y-%m-%d %H:%M} UTC"
+        )
+    return line + ")"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:,.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"

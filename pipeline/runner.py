@@ -172,6 +172,8 @@ class RunSummary:
     #: PATCHes the run costs if every group fills (the dry run's request plan).
     estimated_requests: int = 0
     budget: Budget | None = None
+    #: The --rate the run was given (None: unlimited).
+    rate: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -221,6 +223,7 @@ def resume(
     report: Path | None = None,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    quota_clock: Callable[[], datetime] | None = None,
 ) -> RunSummary:
     """Continue a stopped run: rows with a final outcome are not sent again.
 
@@ -234,6 +237,7 @@ def resume(
             report=report,
             on_progress=on_progress,
             transport=transport,
+            quota_clock=quota_clock,
         )
     )
 
@@ -315,13 +319,16 @@ async def resume_async(
     report: Path | None = None,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    quota_clock: Callable[[], datetime] | None = None,
 ) -> RunSummary:
     """The same as `resume`, inside a running event loop."""
     with Journal.open(Path(run_dir)) as journal:
         journal.lock()
         meta = journal.meta()
         settings = RunSettings.from_meta(meta["settings"], token)
-        settings = dataclasses.replace(settings, input=meta["input"], run_dir=Path(run_dir))
+        settings = dataclasses.replace(
+            settings, input=meta["input"], run_dir=Path(run_dir), quota_clock=quota_clock
+        )
         if report is not None:
             settings = dataclasses.replace(settings, report=report)
         if settings.dry_run:
@@ -430,6 +437,7 @@ async def _execute(
         failures_path=failures_path,
         estimated_requests=validation.estimated_requests(settings.batch_size),
         budget=budget,
+        rate=settings.rate,
     )
 
 

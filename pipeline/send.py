@@ -171,9 +171,21 @@ class Sender:
                 continue
             self._pacer.succeeded()
             if answer.ratelimit_remaining is not None and answer.ratelimit_remaining <= 0:
-                # The window is spent: wait for it to reset instead of meeting a 429.
-                self._pacer.hold(min(answer.ratelimit_reset or 1.0, MAX_BACKOFF_SECONDS))
+                self._window_spent(answer.ratelimit_reset or 1.0)
             return answer
+
+    def _window_spent(self, reset: float) -> None:
+        """`ratelimit-remaining: 0`: wait for the window to reset instead of meeting a 429."""
+        if reset <= self._max_wait or self._wait_for_reset:
+            self._pacer.hold(reset)
+            return
+        # A window of hours is the daily limit: stop cleanly now rather than be refused.
+        self._control.stop(
+            QuotaExhausted(
+                f"the API's limit is spent for {reset:,.0f} s (more than --max-wait "
+                f"{self._max_wait:g} s); resume after {_clock_after(reset)}"
+            )
+        )
 
     async def _take_budget(self) -> None:
         if self._ledger is None:
