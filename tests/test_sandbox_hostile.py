@@ -220,7 +220,8 @@ def test_redirect_points_to_another_origin_and_changes_nothing(
     [
         ("malformed", ["in a little while"] * 2),
         ("enormous", ["31536000"] * 2),
-        ("alternate", ["in a little while", "31536000"]),
+        ("absurd", ["999999999999"] * 2),
+        ("alternate", ["in a little while", "31536000", "999999999999", "in a little while"]),
     ],
 )
 def test_bad_retry_after_is_malformed_or_enormous(

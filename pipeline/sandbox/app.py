@@ -40,9 +40,13 @@ _HOSTILE_WITHOUT_COMMIT = frozenset(
 )
 _HUGE_BODY_BYTES = 10 * 1024 * 1024
 _TRICKLE_INTERVAL = 0.1
-_MALFORMED_RETRY_AFTER = b"in a little while"
-#: A year, in the seconds form of Retry-After.
-_ENORMOUS_RETRY_AFTER = b"31536000"
+#: Retry-After values of --bad-retry-after: neither seconds nor a date; a year; and a
+#: well-formed number of seconds that ends past the year 9999, which no date type can hold.
+_BAD_RETRY_AFTERS = {
+    "malformed": b"in a little while",
+    "enormous": b"31536000",
+    "absurd": b"999999999999",
+}
 
 
 class _Response:
@@ -360,9 +364,10 @@ class SandboxApp:
     def _bad_retry_after(self, config: SandboxConfig) -> bytes:
         kind = config.bad_retry_after
         if kind == "alternate":
+            kinds = tuple(_BAD_RETRY_AFTERS)
+            kind = kinds[self._bad_retry_afters % len(kinds)]
             self._bad_retry_afters += 1
-            kind = "malformed" if self._bad_retry_afters % 2 else "enormous"
-        return _MALFORMED_RETRY_AFTER if kind == "malformed" else _ENORMOUS_RETRY_AFTER
+        return _BAD_RETRY_AFTERS[kind]
 
     def _add_foreign_row(self, scope: Scope, response: _Response) -> None:
         """Name one more real row, one the request did not ask for, in a 200 array."""

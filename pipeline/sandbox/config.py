@@ -21,7 +21,7 @@ RATELIMIT_WINDOWS = ("rate", "day")
 CUTOFF_BODIES = ("json", "html")
 LATENCY_DISTRIBUTIONS = ("fixed", "uniform", "exponential")
 OBJECT_FAULT_SHAPES = ("row", "wrapper")
-BAD_RETRY_AFTER_KINDS = ("malformed", "enormous", "alternate")
+BAD_RETRY_AFTER_KINDS = ("malformed", "enormous", "absurd", "alternate")
 
 
 def _switch(
@@ -309,8 +309,9 @@ class SandboxConfig:
     )
     bad_retry_after: str = _switch(
         "alternate",
-        "the Retry-After of --fault-bad-retry-after: malformed (not a number or a date), "
-        "enormous (a year), or alternate between the two",
+        "the Retry-After of --fault-bad-retry-after: malformed (neither seconds nor a date), "
+        "enormous (a year), absurd (999999999999 seconds, past the year 9999), or alternate "
+        "(the three in turn)",
         group="faults",
         choices=BAD_RETRY_AFTER_KINDS,
     )
