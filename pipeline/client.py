@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -28,7 +29,7 @@ from pipeline.errors import (
     PermanentError,
     TransientError,
 )
-from pipeline.models import FIELDS, Change, ConversationIds, normalise_uuid
+from pipeline.models import FIELDS, NO_GUARD, Change, ConversationIds, Guard, normalise_uuid
 
 DEFAULT_BASE_URL = "https://integration.getmateo.com/api/v1"
 #: The columns we ask back: enough to confirm each row and compare it with its target.
@@ -138,9 +139,9 @@ class MateoClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.aclose()
 
-    async def patch(self, ids: ConversationIds, change: Change) -> Answer:
-        """PATCH the conversations named by `ids` with `change`; raise on anything but success."""
-        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}"
+    async def patch(self, ids: ConversationIds, change: Change, guard: Guard = NO_GUARD) -> Answer:
+        """PATCH the conversations named by `ids` (and still matching `guard`) with `change`."""
+        url = f"{self._endpoint}?id={ids.filter_value()}{_guard_query(guard)}&select={SELECT}"
         # return=representation and select together get a body back whether the proxy follows
         # plain PostgREST (Prefer) or Mateo's docs (select).
         headers = {"Prefer": "return=representation", "Content-Type": "application/json"}
@@ -229,6 +230,11 @@ class MateoClient:
     def _redact(self, text: str) -> str:
         """Remove the token from text that may echo it (a server's error, a URL)."""
         return text.replace(self._token, "***") if self._token else text
+
+
+def _guard_query(guard: Guard) -> str:
+    # Guard values (timestamps with "+", uuids) are encoded; the operator prefix stays readable.
+    return "".join(f"&{column}={quote(value, safe='.,()')}" for column, value in guard.filters)
 
 
 def _is_tls_failure(error: BaseException) -> bool:

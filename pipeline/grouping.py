@@ -1,4 +1,4 @@
-"""The group stage: rows whose change is identical travel together in one request.
+"""The group stage: rows whose change (and guard) is identical travel together in one request.
 
 Mateo allows 10,000 requests a day, so ten thousand rows moving to one inbox should cost two
 hundred PATCHes (`id=in.(…)` with 50 ids each), not ten thousand. A group is cut when it is
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pipeline.models import Change, ConversationIds, RowRequest
+from pipeline.models import NO_GUARD, Change, ConversationIds, Guard, RowRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,7 @@ class Group:
 
     change: Change
     rows: tuple[RowRequest, ...]
+    guard: Guard = NO_GUARD
 
     @property
     def ids(self) -> ConversationIds:
@@ -34,7 +35,7 @@ class Group:
 
     def split(self, size: int) -> list[Group]:
         return [
-            Group(self.change, self.rows[start : start + size])
+            Group(self.change, self.rows[start : start + size], self.guard)
             for start in range(0, len(self.rows), size)
         ]
 
@@ -54,7 +55,7 @@ class Grouper:
         self.batch_size = batch_size
         self._max_wait = max_wait
         self._max_buffered = max_buffered or max(1_000, 20 * batch_size)
-        self._pending: dict[Change, list[RowRequest]] = {}
+        self._pending: dict[tuple[Change, Guard], list[RowRequest]] = {}
         self._ready: deque[Group] = deque()
         self._buffered = 0
         self._exhausted = False
@@ -102,12 +103,13 @@ class Grouper:
             self._rows.close()
             return
         for row in chunk:
-            pending = self._pending.setdefault(row.change, [])
+            key = (row.change, row.guard)
+            pending = self._pending.setdefault(key, [])
             pending.append(row)
             self._buffered += 1
             if len(pending) >= self.batch_size:
-                del self._pending[row.change]
-                self._ready.append(Group(row.change, tuple(pending)))
+                del self._pending[key]
+                self._ready.append(Group(row.change, tuple(pending), row.guard))
 
     def _take(self, group: Group) -> Group:
         self._buffered -= len(group)
@@ -116,9 +118,10 @@ class Grouper:
     def _take_oldest(self) -> Group | None:
         if not self._pending:
             return None
-        change = next(iter(self._pending))
-        rows = self._pending.pop(change)
+        key = next(iter(self._pending))
+        rows = self._pending.pop(key)
+        change, guard = key
         # The batch size may have been lowered (a 414) since these rows were buffered.
-        group, *rest = Group(change, tuple(rows)).split(self.batch_size)
+        group, *rest = Group(change, tuple(rows), guard).split(self.batch_size)
         self._ready.extend(rest)
         return self._take(group)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     INVALID = "invalid"
     SKIPPED = "skipped"
+    #: The row no longer matched its guard (someone changed it): left alone.
+    CONFLICT = "conflict"
     #: --dry-run: valid and would be sent.
     PLANNED = "planned"
 
@@ -93,6 +96,44 @@ class ConversationIds:
         return len(self.ids)
 
 
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """PostgREST filters a PATCH carries on top of its id filter: "only if it is still so".
+
+    A row that no longer matches (someone changed it) is left alone and reported `conflict`.
+    Guards narrow a request; they can never widen it, since the id filter is always there.
+    """
+
+    filters: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, filters: Mapping[str, str]) -> Guard:
+        """From {column: "op.value"}, e.g. {"status": "eq.open"}."""
+        for column in filters:
+            if not _COLUMN.fullmatch(column) or column == "id":
+                raise ValueError(f"a guard cannot filter on {column!r}")
+        return cls(tuple(sorted(filters.items())))
+
+    @classmethod
+    def matching(cls, values: Mapping[str, str | None]) -> Guard:
+        """The row's fields must still hold `values` (None: still null)."""
+        return cls.of(
+            {name: "is.null" if value is None else f"eq.{value}" for name, value in values.items()}
+        )
+
+    def __add__(self, other: Guard) -> Guard:
+        return Guard.of({**dict(self.filters), **dict(other.filters)})
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+
+NO_GUARD = Guard()
+
+
 @dataclass(frozen=True, slots=True)
 class RowRequest:
     """A valid input row: one conversation and the change asked for it."""
@@ -100,6 +141,8 @@ class RowRequest:
     row: int
     conversation_id: str
     change: Change
+    #: Extra filters the row's PATCH carries (the values it had when planned).
+    guard: Guard = NO_GUARD
 
 
 @dataclass(frozen=True, slots=True)

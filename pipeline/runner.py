@@ -30,7 +30,7 @@ from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, MateoClient, check_bas
 from pipeline.errors import InputError, Interrupted, MateoBulkError
 from pipeline.grouping import Grouper
 from pipeline.journal import Journal
-from pipeline.models import Outcome, RowRequest, RowResult
+from pipeline.models import Guard, Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
 from pipeline.prepare import Validation, sort_chunk, validate_file
 from pipeline.quota import DEFAULT_DAILY_QUOTA, Budget, QuotaLedger, parse_reset_time
@@ -73,6 +73,9 @@ class RunSettings:
     max_wait: float = 60.0
     #: Sleep until the budget resets instead of stopping.
     wait: bool = False
+    #: PostgREST filters every PATCH also carries, e.g. {"status": "eq.open"}: a row that no
+    #: longer matches them is left alone and reported `conflict` (a job's query uses this).
+    guard: Mapping[str, str] = field(default_factory=dict)
     #: The ledger's clock (tests pass a fake one to cross midnight); not a journaled setting.
     quota_clock: Callable[[], datetime] | None = field(default=None, repr=False, compare=False)
 
@@ -103,6 +106,10 @@ class RunSettings:
         if not self.max_wait >= 0:
             raise InputError("--max-wait must be 0 or more seconds")
         parse_reset_time(self.quota_reset_utc)
+        try:
+            Guard.of(self.guard)
+        except ValueError as error:
+            raise InputError(str(error)) from None
         if not self.dry_run:
             check_base_url(self.base_url)
             if not self.token:
@@ -125,6 +132,7 @@ class RunSettings:
             values[spec.name] = str(value) if isinstance(value, Path) else value
         values["column_map"] = dict(self.column_map)
         values["fixed_values"] = dict(self.fixed_values)
+        values["guard"] = dict(self.guard)
         return values
 
     @classmethod
@@ -499,6 +507,7 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
             ledger=None if settings.dry_run else session.ledger,
             max_wait=settings.max_wait,
             wait_for_reset=settings.wait,
+            guard=Guard.of(settings.guard),
         )
         tasks.start_soon(
             _send_all, sender, grouper, control, settings.concurrency, send_results.clone()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.grouping import Group, Grouper
-from pipeline.models import ConversationIds, Outcome, RowRequest, RowResult
+from pipeline.models import NO_GUARD, ConversationIds, Guard, Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
 from pipeline.quota import QuotaExhausted, QuotaLedger
 from pipeline.retry import MAX_BACKOFF_SECONDS, retrying
@@ -78,6 +79,7 @@ class Sender:
         ledger: QuotaLedger | None = None,
         max_wait: float = 60.0,
         wait_for_reset: bool = False,
+        guard: Guard = NO_GUARD,
     ) -> None:
         self._client = client
         self._pacer = pacer
@@ -87,6 +89,8 @@ class Sender:
         self._ledger = ledger
         self._max_wait = max_wait
         self._wait_for_reset = wait_for_reset
+        #: Filters every PATCH of the run carries (a job's query), on top of each row's own.
+        self._guard = guard
         self._one_row_per_request = False
 
     async def send(self, group: Group) -> list[RowResult]:
@@ -97,7 +101,8 @@ class Sender:
         async def patch() -> Answer:
             nonlocal attempts
             attempts += 1
-            return await self._request(lambda: self._client.patch(group.ids, group.change))
+            guard = group.guard + self._guard
+            return await self._request(lambda: self._client.patch(group.ids, group.change, guard))
 
         try:
             answer = await self._retried(patch)
@@ -145,7 +150,33 @@ class Sender:
                     attempts=attempts,
                     error_message="the run stopped before the read-back",
                 )
-        return self._classify(group, rows, answer.http_status, attempts)
+        results = self._classify(group, rows, answer.http_status, attempts)
+        if group.guard or self._guard:
+            results = await self._find_conflicts(results)
+        return results
+
+    async def _find_conflicts(self, results: list[RowResult]) -> list[RowResult]:
+        """A guarded row the PATCH did not match exists but changed: read it once, `conflict`."""
+        missing = [result for result in results if result.outcome is Outcome.NOT_FOUND]
+        if not missing or self._control.stopping:
+            return results
+        try:
+            rows = await self._read_back(ConversationIds(r.conversation_id for r in missing))
+        except RemoteError:
+            return results  # they stay not_found-or-conflict unknown: reported as not matched
+        current = self._check_named_rows(rows or [], {r.conversation_id for r in missing})
+        replaced = {}
+        for result in missing:
+            row = current.get(result.conversation_id)
+            if row is not None:
+                replaced[result.row] = dataclasses.replace(
+                    result,
+                    outcome=Outcome.CONFLICT,
+                    returned=returned_values(row),
+                    error_message="changed since it was read (it no longer matches the guard); "
+                    "left alone",
+                )
+        return [replaced.get(result.row, result) for result in results]
 
     async def _request(self, call: Callable[[], Awaitable[Answer]]) -> Answer:
         """One request: paced, counted against the day's budget, told apart from a long wait."""
@@ -272,10 +303,14 @@ class Sender:
     def _check_named(
         self, group: Group, rows: Iterable[dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
+        return self._check_named_rows(rows, set(group.ids.ids))
+
+    def _check_named_rows(
+        self, rows: Iterable[dict[str, Any]], requested: set[str]
+    ) -> dict[str, dict[str, Any]]:
         """The named rows by id; any row we did not ask for stops the run (SafetyError)."""
         returned: dict[str, dict[str, Any]] = {}
         unexpected: set[str] = set()
-        requested = set(group.ids.ids)
         for answered in rows:
             row_id = returned_id(answered)
             if row_id is None or row_id not in requested:

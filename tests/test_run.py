@@ -359,3 +359,23 @@ def test_rows_the_request_did_not_name_stop_the_run(tmp_path: Path) -> None:
     )
     assert summary.exit_code == 4
     assert stranger in str(summary.stopped)
+
+
+def test_a_guard_leaves_rows_that_no_longer_match_alone(api: Sandbox, tmp_path: Path) -> None:
+    """With guard status=eq.open, a closed row is `conflict` with its current values, unchanged."""
+    rows = api.rows()
+    open_ids = [row["id"] for row in rows if row["status"] == "open"][:3]
+    closed_id = next(row["id"] for row in rows if row["status"] == "closed")
+    target = INBOXES[4]
+    lines = [{"conversation_id": i, "inbox_id": target} for i in [*open_ids, closed_id]]
+    lines.append({"conversation_id": UNKNOWN_ID, "inbox_id": target})
+    before = api.row(closed_id)
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", lines), guard={"status": "eq.open"})
+    )
+    report = read_report(summary.report_path)
+    assert [line["outcome"] for line in report] == ["updated"] * 3 + ["conflict", "not_found"]
+    assert report[3]["returned_status"] == "closed"
+    assert api.row(closed_id)["inbox_id"] == before["inbox_id"]
+    assert all(api.row(i)["inbox_id"] == target for i in open_ids)
+    assert summary.exit_code == 1
