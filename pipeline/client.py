@@ -14,6 +14,7 @@ import json
 import math
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -158,6 +159,22 @@ class MateoClient:
         if len(ids) > 50:
             raise ValueError("the API returns at most 50 rows per GET")
         url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&limit=50"
+        answer = await self._send("GET", url, headers={}, content=None)
+        return dataclasses.replace(answer, rows=answer.rows or [])
+
+    async def query(
+        self, filters: Mapping[str, str], *, after_id: str | None, limit: int = 50
+    ) -> Answer:
+        """GET one page of the conversations matching `filters`, in id order after `after_id`.
+
+        Keyset paging on id, not offsets: rows that stop matching while we read (we are about
+        to change them) cannot shift a later page and make us skip rows.
+        """
+        url = f"{self._endpoint}?select={SELECT}&order=id.asc&limit={limit}"
+        if after_id is not None:
+            url += f"&id=gt.{normalise_uuid(after_id)}"
+        # Guard.of refuses an `id` filter, so the filters cannot override the keyset.
+        url += _guard_query(Guard.of(filters))
         answer = await self._send("GET", url, headers={}, content=None)
         return dataclasses.replace(answer, rows=answer.rows or [])
 
