@@ -123,8 +123,8 @@ def test_retries_get_past_an_occasional_hostile_answer(
 ) -> None:
     """At 0.3 with retries every row ends updated, and only rows the table really holds."""
     api.configure(fault_seed=3, **fault)
-    summary = run_rows(api, tmp_path, 20, batch_size=2, max_attempts=6, concurrency=2)
-    assert outcomes(summary) == {"updated": 20} and summary.retries > 0
+    summary = run_rows(api, tmp_path, 16, batch_size=2, max_attempts=6, concurrency=2)
+    assert outcomes(summary) == {"updated": 16} and summary.retries > 0
     assert_updated_only_if_applied(api, summary)
 
 
@@ -162,13 +162,13 @@ def other_origin(api: Sandbox) -> Iterator[list[tuple[str, str]]]:
 def test_a_redirect_to_another_origin_is_not_followed(
     api: Sandbox, tmp_path: Path, other_origin: list[tuple[str, str]]
 ) -> None:
-    """307 to 127.0.0.2: rows rejected with a message naming the redirect; the other origin
+    """307 to 127.0.0.2: rows failed or rejected, naming the redirect; the other origin
     gets no request at all, so the token never reaches it."""
     api.configure(fault_redirect=1.0)
     summary = run_rows(api, tmp_path, 6, batch_size=1, max_attempts=3)
     report = read_report(summary.report_path)  # type: ignore[arg-type]
-    assert {line["outcome"] for line in report} == {"rejected"}
-    assert "redirect to http://127.0.0.2" in report[0]["error_message"]
+    assert {line["outcome"] for line in report} <= {"failed", "rejected"}
+    assert all("redirect to http://127.0.0.2" in line["error_message"] for line in report)
     assert other_origin == []
 
 
@@ -185,9 +185,8 @@ def test_the_cli_says_no_to_a_redirect_and_keeps_the_token(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert {line["outcome"] for line in read_report(tmp_path / "run" / "report.csv")} == {
-        "rejected"
-    }
+    outcomes = {line["outcome"] for line in read_report(tmp_path / "run" / "report.csv")}
+    assert outcomes <= {"failed", "rejected"}
     assert_secret_nowhere(tmp_path / "run", result.stdout, result.stderr)
     assert other_origin == []
 
@@ -315,7 +314,7 @@ def test_wait_mode_does_not_wait_a_year_for_a_hostile_retry_after(
     settings = settings_for(api, write_csv(tmp_path / "in.csv", open_rows(api, 4)), wait=True)
 
     async def bounded() -> RunSummary | None:
-        with anyio.move_on_after(3):
+        with anyio.move_on_after(2):
             return await run_async(settings)
         return None
 
