@@ -67,10 +67,11 @@ def _add_token_argument(parser: argparse._ActionsContainer) -> None:
     )
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
-    )
+def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = True) -> None:
+    if with_input:
+        parser.add_argument(
+            "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
+        )
     source = parser.add_argument_group("API")
     _add_token_argument(source)
     source.add_argument(
@@ -199,6 +200,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="report file, .csv, .parquet or .jsonl (default <run dir>/report.csv)",
     )
     output.add_argument("--quiet", action="store_true", help="no progress display")
+    output.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: progress and messages for people; json: one JSON object per event on "
+        "stderr (start, progress, stop, summary) and nothing else, for schedulers",
+    )
+
+
+#: The default of every `job` flag: the job file's value (or the default) applies.
+_NOT_GIVEN: Any = object()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +228,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run_command)
+
+    job_parser = commands.add_parser(
+        "job",
+        help="run a job file (.toml): its source (a file or a query), values, limits and output",
+        description="Run a job file: a file or query source, the values to set, limits and "
+        "output, reviewed in one place. Every run flag is also a key of the file; a flag "
+        "given here overrides the file.",
+    )
+    job_parser.add_argument("job_file", metavar="FILE", type=Path, help="the job file (.toml)")
+    job_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the job file, its source file and the flags without the network; send nothing",
+    )
+    _add_run_arguments(job_parser, with_input=False)
+    # A flag not given must not override the file, so here every flag defaults to "not given".
+    job_parser.set_defaults(
+        **{
+            action.dest: None if isinstance(action, argparse._AppendAction) else _NOT_GIVEN
+            for action in job_parser._actions
+            if action.dest not in ("help", "job_file", "check")
+        },
+        handler=_job_command,
+    )
 
     resume_parser = commands.add_parser(
         "resume",
@@ -362,18 +398,130 @@ def _run_command(args: argparse.Namespace) -> int:
 
         # Mateo's documented limits, so the demo shows what a real run feels like.
         with running_sandbox(SandboxConfig(rate=2.0, daily_quota=10_000)) as sandbox:
-            print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
+            if args.log_format == "text":
+                print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
             settings = dataclasses.replace(settings, base_url=sandbox.base_url, token=sandbox.token)
-            summary = _run_with_display(settings, args.quiet)
+            summary = _run_with_display(settings, args.quiet, args.log_format)
     else:
-        summary = _run_with_display(settings, args.quiet)
-    _print_summary(summary)
+        summary = _run_with_display(settings, args.quiet, args.log_format)
+    if args.log_format == "json":
+        from pipeline.progress import summary_text
+
+        print(summary_text(summary))
+    else:
+        _print_summary(summary)
     return summary.exit_code
 
 
-def _run_with_display(settings: RunSettings, quiet: bool) -> RunSummary:
+def _run_with_display(settings: RunSettings, quiet: bool, log_format: str = "text") -> RunSummary:
+    if log_format == "json":
+        from pipeline.events import JsonEvents
+
+        events = JsonEvents()
+        events.start(command="run", input=settings.input, dry_run=settings.dry_run)
+        summary = run(settings, on_progress=None if quiet else events)
+        events.summary(summary)
+        return summary
     with _progress_display(quiet) as display:
         return run(settings, on_progress=display)
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    from pipeline.events import JsonEvents
+    from pipeline.jobs import job_options, load_job
+
+    events = JsonEvents() if args.log_format == "json" else None
+    try:
+        spec = load_job(args.job_file)
+        flags = {
+            name: value
+            for name, value in vars(args).items()
+            if value is not _NOT_GIVEN and not (name in ("map", "set") and value is None)
+        }
+        if events is None and job_options(spec, flags)["log_format"] == "json":
+            events = JsonEvents()
+        return _run_job(args, spec, flags, events)
+    except MateoBulkError as error:
+        if events is None:
+            raise
+        events.stop(error, exit_code=error.exit_code)
+        return error.exit_code
+
+
+def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events: Any | None) -> int:
+    from pipeline import jobs
+    from pipeline.progress import summary_text
+
+    options = jobs.job_options(spec, flags)
+    base_url = os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+    if args.check:
+        plan = jobs.plan_job(spec, flags, default_base_url=base_url)
+        jobs.check_job(plan)
+        print(jobs.describe_job(plan))
+        print(f"{spec.path}: ok")
+        return 0
+
+    def run_planned(plan: jobs.JobPlan) -> jobs.JobSummary:
+        if events is not None:
+            events.start(
+                command="job",
+                job=spec.name,
+                description=spec.description,
+                source="query" if plan.query else "file",
+                dry_run=plan.settings.dry_run,
+                run_dir=plan.settings.run_dir,
+            )
+            return jobs.run_job(
+                plan, on_progress=None if options["quiet"] else events, on_selected=events.selected
+            )
+        with _progress_display(options["quiet"]) as display:
+            return jobs.run_job(plan, on_progress=display, on_selected=_print_selected)
+
+    if options["sandbox"]:
+        from pipeline.sandbox import mateo_limits_sandbox
+
+        with mateo_limits_sandbox() as sandbox:
+            if events is None:
+                print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
+            else:
+                events.emit("sandbox", base_url=sandbox.base_url)
+            sandbox_flags = {**flags, "base_url": sandbox.base_url}
+            summary = run_planned(jobs.plan_job(spec, sandbox_flags, token=sandbox.token))
+    else:
+        token = _read_token(argparse.Namespace(token_file=options["token_file"]))
+        summary = run_planned(jobs.plan_job(spec, flags, token=token, default_base_url=base_url))
+    if summary.run is None:
+        print(
+            f"the query selected no conversations: nothing to change "
+            f"({summary.selected.requests if summary.selected else 0} requests)\n"
+            f"report: {summary.report_path}\nrun directory: {summary.run_dir}"
+        )
+    elif events is not None:
+        print(summary_text(summary.run))
+    else:
+        _print_summary(summary.run)
+    share = summary.plan.max_failed_share
+    if share is not None and summary.run is not None:
+        print(f"failed share: {summary.failed_share:.1%} (max_failed_share {share:g})")
+        if summary.failed_share > share and events is None:
+            print(
+                f"mateo-bulk: {summary.failed_rows:,} of {summary.total_rows:,} rows failed, "
+                f"more than the job's max_failed_share {share:g}: exit 1",
+                file=sys.stderr,
+            )
+    if events is not None:
+        events.job_summary(summary)
+    return summary.exit_code
+
+
+def _print_selected(selected: Any) -> None:
+    dates = ", ".join(f"{name} = {value}" for name, value in selected.query.dates.items())
+    requests = f"{selected.requests:,} request{'s' if selected.requests != 1 else ''}"
+    print(
+        f"mateo-bulk: the query selected {selected.rows:,} conversations with {requests}"
+        + (f" ({dates})" if dates else ""),
+        file=sys.stderr,
+    )
 
 
 def _resume_command(args: argparse.Namespace) -> int:
@@ -469,6 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except MateoBulkError as error:
+        if getattr(args, "log_format", None) == "json":
+            from pipeline.events import JsonEvents
+
+            JsonEvents().stop(error, exit_code=error.exit_code)
+            return error.exit_code
         print(f"mateo-bulk: {error}", file=sys.stderr)
         if isinstance(error, RunStopped) and getattr(args, "run_dir", None):
             print(f"mateo-bulk: to continue: mateo-bulk resume {args.run_dir}", file=sys.stderr)

@@ -1,0 +1,266 @@
+"""A job's query source: the ids a set of PostgREST filters selects, read into a CSV file.
+
+The filters are checked without network (`check_filter`), their relative dates (`{now-30d}`)
+are resolved once (`resolve_query`), and the ids are read page by page (`select_ids`) under the
+job's rate, retry policy and daily budget. The resolved filters are also the run's guard: every
+PATCH carries them, so a conversation that stopped matching since it was read is left alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from pipeline.client import MateoClient
+from pipeline.errors import PermanentError, TransientError
+from pipeline.models import normalise_uuid
+from pipeline.pacer import Pacer
+from pipeline.quota import QuotaLedger, parse_reset_time
+from pipeline.retry import retrying
+from pipeline.runner import RunSettings
+
+#: The conversation table's columns, as the seed documents them: what a query may filter on.
+CONVERSATION_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "updated_at",
+    "organisation_id",
+    "subject",
+    "status",
+    "assignee_id",
+    "unread",
+    "channel_id",
+    "channel_type",
+    "contact_id",
+    "external_id",
+    "tags",
+    "is_spam",
+    "inbox_id",
+    "latest_message_id",
+    "latest_inbound_message_id",
+    "latest_message_created_at",
+    "latest_inbound_message_created_at",
+)
+OPERATORS: tuple[str, ...] = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
+_IS_VALUES = ("null", "not_null", "true", "false", "unknown")
+#: The API's page size: it never returns more than 50 rows per GET.
+PAGE_SIZE = 50
+IDS_FILE = "query-ids.csv"
+QUERY_FILE = "query.json"
+
+_RELATIVE_DATE = re.compile(r"\{(now|today)(?:([+-])(\d+)([mhdw]))?\}")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def check_filter(column: str, value: str) -> None:
+    """Raise ValueError, saying what is wrong, unless `column=value` is a filter we can send."""
+    if column == "id":
+        raise ValueError(
+            "a query cannot filter on id (the ids are what it reads; use a file source "
+            "for a list of ids)"
+        )
+    if column not in CONVERSATION_COLUMNS:
+        raise ValueError(
+            f"unknown column {column!r}; columns are {', '.join(CONVERSATION_COLUMNS)}"
+        )
+    text = value[4:] if value.startswith("not.") else value
+    operator, dot, operand = text.partition(".")
+    if not dot or operator not in OPERATORS:
+        raise ValueError(
+            f"{value!r} must look like OPERATOR.VALUE (e.g. eq.open), with OPERATOR one of "
+            f"{', '.join(OPERATORS)}, optionally after not."
+        )
+    if not operand:
+        raise ValueError(f"{value!r} has no value after {operator}.")
+    if operator == "in" and not (operand.startswith("(") and operand.endswith(")")):
+        raise ValueError(f"{value!r}: in. takes a list in parentheses, e.g. in.(open,closed)")
+    if operator == "is" and operand not in _IS_VALUES:
+        raise ValueError(f"{value!r}: is. takes one of {', '.join(_IS_VALUES)}")
+    for placeholder in _PLACEHOLDER.findall(operand):
+        if not _RELATIVE_DATE.fullmatch(placeholder):
+            raise ValueError(
+                f"unknown placeholder {placeholder} in {value!r}; use {{now}}, {{today}} or an "
+                "offset such as {now-30d}, {now-12h}, {today-7d} (units m, h, d, w)"
+            )
+
+
+def resolve_dates(value: str, now: datetime) -> tuple[str, dict[str, str]]:
+    """`value` with each relative date replaced by a UTC ISO timestamp, and what each became.
+
+    `{today}` is midnight UTC of `now`'s date; offsets count back (or forward) from it.
+    """
+    resolved: dict[str, str] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        anchor, sign, amount, unit = match.groups()
+        moment = now if anchor == "now" else datetime.combine(now.date(), datetime.min.time(), UTC)
+        if amount is not None:
+            offset = timedelta(**{_UNITS[unit]: int(amount)})
+            moment = moment - offset if sign == "-" else moment + offset
+        text = moment.isoformat(timespec="seconds")
+        resolved[match.group(0)] = text
+        return text
+
+    return _RELATIVE_DATE.sub(replace, value), resolved
+
+
+@dataclass(frozen=True)
+class ResolvedQuery:
+    """A query's filters as written, and as sent: relative dates fixed once, at the start."""
+
+    filters: Mapping[str, str]
+    #: The filters with their dates resolved: what every GET and every PATCH (as guard) carries.
+    resolved: Mapping[str, str]
+    #: Each relative date and the timestamp it became, e.g. {"{now-30d}": "2026-10-28T..."}.
+    dates: Mapping[str, str]
+    resolved_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "filters": dict(self.filters),
+            "resolved": dict(self.resolved),
+            "dates": dict(self.dates),
+            "resolved_at": self.resolved_at.isoformat(timespec="seconds"),
+        }
+
+
+def resolve_query(filters: Mapping[str, str], now: datetime | None = None) -> ResolvedQuery:
+    """Check every filter and resolve its relative dates against `now` (default: UTC now)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    resolved: dict[str, str] = {}
+    dates: dict[str, str] = {}
+    for column, value in filters.items():
+        check_filter(column, value)
+        resolved[column], found = resolve_dates(value, moment)
+        dates.update(found)
+    return ResolvedQuery(dict(filters), resolved, dates, moment)
+
+
+@dataclass(frozen=True)
+class SelectedIds:
+    """What a query read: how many conversations it selected, where their ids are, its cost."""
+
+    query: ResolvedQuery
+    ids_path: Path
+    rows: int
+    requests: int
+    retries: int
+
+
+async def select_ids(
+    query: ResolvedQuery,
+    settings: RunSettings,
+    run_dir: Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SelectedIds:
+    """Read the ids `query` selects into `run_dir`/query-ids.csv; record it in query.json.
+
+    Uses the run's base URL, token, rate, timeout, attempts and daily budget (each GET is
+    taken from the account's ledger). Raises RunStopped (budget spent, token refused) or
+    RemoteError (an answer no retry fixes); nothing is changed by a query.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ids_path = run_dir / IDS_FILE
+    pacer = Pacer(settings.rate)
+    ledger = _ledger(settings)
+    requests = retries = 0
+    ids: list[str] = []
+
+    def on_retry(error: TransientError) -> None:
+        nonlocal retries
+        retries += 1
+        if error.http_status == 429:
+            pacer.slow_down(error.retry_after)
+
+    try:
+        async with MateoClient(
+            settings.base_url,
+            settings.token,
+            timeout=settings.timeout,
+            max_connections=1,
+            transport=transport,
+            transport_kind=settings.transport,
+        ) as client:
+            after_id: str | None = None
+            while True:
+                async for attempt in retrying(settings.max_attempts, on_retry):
+                    with attempt:
+                        await pacer.wait()
+                        if ledger is not None:
+                            ledger.take()
+                        requests += 1
+                        answer = await client.query(query.resolved, after_id=after_id)
+                pacer.succeeded()
+                page = _page_ids(answer.rows or [], after_id)
+                ids += page
+                # The API returns at most PAGE_SIZE rows, and we ask for that many: a shorter
+                # page is the last. (Asking once more for an empty page would cost a request
+                # on every run, the common case being one short page.)
+                if len(page) < PAGE_SIZE:
+                    break
+                after_id = page[-1]
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if settings.rate:
+        # The run's own pacer starts afresh: one interval's pause keeps the last GET and the
+        # first PATCH from arriving as a burst.
+        await anyio.sleep(1 / settings.rate)
+    await anyio.to_thread.run_sync(_write_ids, ids_path, ids)
+    record = {**query.to_json(), "rows": len(ids), "requests": requests, "retries": retries}
+    (run_dir / QUERY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return SelectedIds(query, ids_path, len(ids), requests, retries)
+
+
+def _page_ids(rows: list[dict[str, Any]], after_id: str | None) -> list[str]:
+    """The page's ids, checked to advance the keyset (else paging would never end)."""
+    ids = []
+    last = after_id
+    for row in rows:
+        try:
+            conversation_id = normalise_uuid(str(row.get("id")))
+        except ValueError:
+            raise PermanentError(
+                f"the query's answer holds a row without a uuid id: {row!r}"
+            ) from None
+        if last is not None and conversation_id <= last:
+            raise PermanentError(
+                "the query's answer is not in id order after the previous page; "
+                "the API ignored order=id.asc, so its pages cannot be read safely"
+            )
+        ids.append(conversation_id)
+        last = conversation_id
+    return ids
+
+
+def _write_ids(path: Path, ids: list[str]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["conversation_id"])
+        writer.writerows([each] for each in ids)
+    partial.replace(path)
+
+
+def _ledger(settings: RunSettings) -> QuotaLedger | None:
+    """The account's daily budget, the same one the run draws from."""
+    if not settings.token:
+        return None
+    return QuotaLedger(
+        settings.token,
+        daily_quota=settings.daily_quota,
+        max_requests=settings.max_requests,
+        reset_at=parse_reset_time(settings.quota_reset_utc),
+        clock=settings.quota_clock,
+    )
