@@ -135,7 +135,7 @@ class JsonEvents:
             dry_run=job.plan.settings.dry_run,
             rows=0,
             counts={},
-            requests=job.selected.requests if job.selected else 0,
+            requests=0,
             report=job.report_path,
             run_dir=job.run_dir,
             **extra,

@@ -503,7 +503,7 @@ def plan_job(
         column_map[name.strip()] = column.strip()
     fixed_values = {**spec.fixed_values, **parse_fixed_values(flags.get("set") or ())}
     run_dir = (
-        expand_path(options["run_dir"], spec.name, now)
+        expand_path(str(options["run_dir"]), spec.name, now)
         if options.get("run_dir")
         else default_run_dir(spec.path)
     )
