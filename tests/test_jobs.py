@@ -170,7 +170,12 @@ def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_pa
     now = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
     plan = plan_job(
         load_job(JOBS / "close-stale.toml"),
-        {"base_url": sandbox.base_url, "rate": None, "run_dir": str(tmp_path / "run")},
+        {
+            "base_url": sandbox.base_url,
+            "rate": None,
+            "run_dir": str(tmp_path / "run"),
+            "report": str(tmp_path / "report.csv"),
+        },
         token=sandbox.token,
         now=now,
     )
