@@ -39,6 +39,7 @@ SELECT = "id," + ",".join(FIELDS)
 #: answer to our request, and reading it whole would let a broken server exhaust our memory.
 MAX_RESPONSE_BYTES = 1_000_000
 TRANSPORTS = ("aiohttp", "httpx")
+_LONGEST_WAIT_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,9 @@ class MateoClient:
             raise ValueError("the API returns at most 50 rows per GET")
         url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&limit=50"
         answer = await self._send("GET", url, headers={}, content=None)
+        if answer.single_object and len(ids) > 1:
+            # One object cannot be the whole answer to a read of several ids.
+            raise TransientError("the answer to a read of several rows is a single object")
         return dataclasses.replace(answer, rows=answer.rows or [])
 
     async def query(
@@ -372,9 +376,11 @@ def _parse_seconds(value: str) -> float | None:
             seconds = parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    # A wait longer than a week is not a rate limit anyone means; bounded so that date
+    # arithmetic on it can never overflow.
+    return min(max(0.0, seconds), _LONGEST_WAIT_SECONDS)
 
 
 def returned_values(row: dict[str, Any]) -> dict[str, str | None]:

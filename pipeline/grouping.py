@@ -8,6 +8,7 @@ too many rows are buffered, or when the input ends, so grouping never holds rows
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pipeline.models import NO_GUARD, Change, ConversationIds, Guard, RowRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Group:
     """The rows one request covers: all share one change."""
 
@@ -26,7 +27,7 @@ class Group:
     rows: tuple[RowRequest, ...]
     guard: Guard = NO_GUARD
 
-    @property
+    @functools.cached_property
     def ids(self) -> ConversationIds:
         return ConversationIds(row.conversation_id for row in self.rows)
 

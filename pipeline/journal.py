@@ -30,6 +30,8 @@ FINAL_OUTCOMES = frozenset(
         Outcome.INVALID,
         Outcome.FAILED,
         Outcome.PLANNED,
+        Outcome.CONFLICT,
+        Outcome.UNCHANGED,
     }
 )
 
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS results (
     error_message TEXT,
     change TEXT NOT NULL,
     returned TEXT,
-    difference TEXT
+    difference TEXT,
+    before TEXT
 );
 """
 
@@ -132,7 +135,7 @@ class Journal:
         """Make results durable; a row recorded again (resume) replaces its earlier record."""
         with self._transaction():
             self._connection.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_to_record(result) for result in results],
             )
 
@@ -204,11 +207,24 @@ def _to_record(result: RowResult) -> tuple[Any, ...]:
         json.dumps(result.change.values),
         None if result.returned is None else json.dumps(dict(result.returned)),
         result.difference,
+        None if result.before is None else json.dumps(dict(result.before)),
     )
 
 
 def _from_record(record: tuple[Any, ...]) -> RowResult:
-    row, conversation_id, outcome, status, attempts, code, message, change, returned, diff = record
+    (
+        row,
+        conversation_id,
+        outcome,
+        status,
+        attempts,
+        code,
+        message,
+        change,
+        returned,
+        diff,
+        before,
+    ) = record
     return RowResult(
         row,
         conversation_id,
@@ -220,4 +236,5 @@ def _from_record(record: tuple[Any, ...]) -> RowResult:
         error_message=message,
         returned=None if returned is None else json.loads(returned),
         difference=diff,
+        before=None if before is None else json.loads(before),
     )

@@ -26,6 +26,8 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"
     #: The row no longer matched its guard (someone changed it): left alone.
     CONFLICT = "conflict"
+    #: Already in its target state when read: not sent.
+    UNCHANGED = "unchanged"
     #: --dry-run: valid and would be sent.
     PLANNED = "planned"
 
@@ -143,6 +145,11 @@ class RowRequest:
     change: Change
     #: Extra filters the row's PATCH carries (the values it had when planned).
     guard: Guard = NO_GUARD
+    #: Values the row must still hold to be changed (an input's expect_* columns: an undo
+    #: file expects the values the run set, so it never overwrites a later change).
+    expected: Change = Change(())
+    #: The row's values of the changed fields as read before the change (the snapshot).
+    before: Change | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +177,5 @@ class RowResult:
     returned: Mapping[str, str | None] | None = None
     #: Fields whose returned value differs from the target, e.g. "status: closed -> open".
     difference: str | None = None
+    #: The values of the changed fields before the run changed them (for undo).
+    before: Mapping[str, str | None] | None = None

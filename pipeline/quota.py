@@ -20,8 +20,8 @@ from pipeline.account import account_fingerprint, state_dir
 from pipeline.errors import InputError, RunStopped
 
 DEFAULT_DAILY_QUOTA = 10_000
-#: Requests taken from the ledger at a time.
-_BLOCK = 10
+#: Requests taken from the ledger at a time: one transaction per block, not per request.
+_BLOCK = 50
 
 Clock = Callable[[], datetime]
 

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 #: The field naming the conversation a row changes; with FIELDS, what `column_map` may rename.
 ID_FIELD = "conversation_id"
-MAPPABLE_FIELDS: tuple[str, ...] = (ID_FIELD, *FIELDS)
+#: Optional columns of the values a row must still hold to be changed (undo files use them).
+EXPECT_FIELDS: tuple[str, ...] = tuple(f"expect_{field}" for field in FIELDS)
+MAPPABLE_FIELDS: tuple[str, ...] = (ID_FIELD, *FIELDS, *EXPECT_FIELDS)
 #: Delimiters detected from the header line, in the order that wins a tie.
 DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
 CSV_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
@@ -75,6 +77,8 @@ class InputRow:
     conversation_id: str
     #: Raw text of inbox_id, assignee_id, status (FIELDS order); None for a column the file lacks.
     cells: tuple[str | None, str | None, str | None]
+    #: Raw text of the expect_* columns (FIELDS order), when the file has any.
+    expected: tuple[str | None, str | None, str | None] = (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +163,10 @@ class InputFile:
         width = self._width
         id_index = self._indexes[ID_FIELD]
         # An absent column reads index `width`, where a None is appended to each record.
-        absent = any(field not in self._indexes for field in FIELDS)
+        absent = any(field not in self._indexes for field in (*FIELDS, *EXPECT_FIELDS))
         pick_cells = itemgetter(*(self._indexes.get(field, width) for field in FIELDS))
+        expects = any(field in self._indexes for field in EXPECT_FIELDS)
+        pick_expected = itemgetter(*(self._indexes.get(field, width) for field in EXPECT_FIELDS))
         delimiter = self.delimiter or ","
         chunk: list[InputRow] = []
         row_number = 0
@@ -184,7 +190,13 @@ class InputFile:
                     continue
                 if absent:
                     record.append(None)  # type: ignore[arg-type]
-                chunk.append(InputRow(row_number, conversation_id, pick_cells(record)))
+                if expects:
+                    row = InputRow(
+                        row_number, conversation_id, pick_cells(record), pick_expected(record)
+                    )
+                else:
+                    row = InputRow(row_number, conversation_id, pick_cells(record))
+                chunk.append(row)
                 if len(chunk) >= chunk_rows:
                     yield chunk
                     chunk = []
@@ -212,11 +224,14 @@ class InputFile:
                 values[self.columns[field]] if field in self.columns else repeat(None)
                 for field in FIELDS
             ]
+            expected_values: list[Any] = [
+                values[self.columns[field]] if field in self.columns else repeat(None)
+                for field in EXPECT_FIELDS
+            ]
+            columns = zip(count(row_number + 1), ids, *field_values, *expected_values)
             chunk = [
-                InputRow(number, conversation_id, (inbox, assignee, status))
-                for number, conversation_id, inbox, assignee, status in zip(
-                    count(row_number + 1), ids, *field_values
-                )
+                InputRow(number, conversation_id, (c[0], c[1], c[2]), (c[3], c[4], c[5]))
+                for number, conversation_id, *c in columns
             ]
             row_number += len(chunk)
             if chunk:

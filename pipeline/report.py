@@ -24,6 +24,7 @@ COLUMNS: tuple[str, ...] = (
     *(f"target_{name}" for name in FIELDS),
     *(f"returned_{name}" for name in FIELDS),
     "difference",
+    *(f"before_{name}" for name in FIELDS),
 )
 REPORT_FORMATS = (".csv", ".parquet", ".jsonl")
 
@@ -55,6 +56,8 @@ def result_record(result: RowResult) -> dict[str, Any]:
     for name in FIELDS:
         record[f"returned_{name}"] = cell(result.returned, name)
     record["difference"] = result.difference
+    for name in FIELDS:
+        record[f"before_{name}"] = cell(result.before, name)
     return record
 
 
@@ -197,6 +200,88 @@ def write_failures(results: Iterable[RowResult], path: Path) -> int:
     else:
         with path.open("w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=FAILURE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(records)
+    return len(records)
+
+
+#: What `plan` decided for each row, by outcome of the snapshot.
+_DECISIONS = {
+    "planned": "change",
+    "unchanged": "unchanged",
+    "not_found": "not_found",
+    "invalid": "invalid",
+    "conflict": "conflict",
+    "failed": "unknown",
+    "skipped": "unknown",
+}
+PLAN_COLUMNS: tuple[str, ...] = (
+    "row",
+    "conversation_id",
+    "decision",
+    *(f"before_{name}" for name in FIELDS),
+    *(f"after_{name}" for name in FIELDS),
+    "reason",
+)
+
+
+def write_plan(results: Iterable[RowResult], path: Path) -> dict[str, int]:
+    """The plan file (one row per input row: before, after, decision); returns the transitions.
+
+    A transition is "field: before -> after" with the number of rows making it.
+    """
+    transitions: dict[str, int] = {}
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=PLAN_COLUMNS)
+        writer.writeheader()
+        for result in results:
+            target = result.change.body()
+            before = result.before if result.before is not None else result.returned
+            decision = _DECISIONS.get(result.outcome.value, result.outcome.value)
+            record: dict[str, Any] = {
+                "row": result.row,
+                "conversation_id": result.conversation_id,
+                "decision": decision,
+                "reason": result.error_message,
+            }
+            for name in FIELDS:
+                record[f"before_{name}"] = cell(before, name)
+                record[f"after_{name}"] = cell(target, name)
+            writer.writerow(record)
+            if decision == "change":
+                for name in target:
+                    old = cell(before, name) or "?"
+                    key = f"{name}: {old} -> {cell(target, name)}"
+                    transitions[key] = transitions.get(key, 0) + 1
+    return transitions
+
+
+def write_undo(results: Iterable[RowResult], path: Path) -> int:
+    """For each updated row, its values before the run, as an input file: `run` it to undo.
+
+    Each row expects (expect_* columns) the values the run set, so an undo never overwrites a
+    change someone made after the run: such a row ends `conflict`.
+    """
+    columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
+    records = []
+    for result in results:
+        if result.before is None:
+            continue
+        record: dict[str, Any] = {"conversation_id": result.conversation_id}
+        for name in FIELDS:
+            record[name] = cell(result.before, name) or ""
+            record[f"expect_{name}"] = cell(result.change.body(), name) or ""
+        records.append(record)
+    if not records:
+        return 0
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             writer.writerows(records)
     return len(records)

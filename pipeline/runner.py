@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,15 @@ from pipeline.pacer import Pacer
 from pipeline.prepare import Validation, sort_chunk, validate_file
 from pipeline.quota import DEFAULT_DAILY_QUOTA, Budget, QuotaLedger, parse_reset_time
 from pipeline.reader import InputFile, open_input
-from pipeline.report import check_report_path, write_failures, write_report
+from pipeline.report import (
+    check_report_path,
+    write_failures,
+    write_plan,
+    write_report,
+    write_undo,
+)
 from pipeline.send import RunControl, Sender, row_results
+from pipeline.snapshot import guard_expected, snapshot_rows
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,13 @@ class RunSettings:
     max_wait: float = 60.0
     #: Sleep until the budget resets instead of stopping.
     wait: bool = False
+    #: Read each row's current values first: rows already in their target state cost no PATCH,
+    #: each PATCH is guarded by the values read, and the run can write an undo file.
+    snapshot: bool = True
+    #: Guard each PATCH with the values it was planned from (and expect_* columns).
+    guarded: bool = True
+    #: Stop after the snapshot: write the plan, change nothing (`mateo-bulk plan`).
+    plan_only: bool = False
     #: PostgREST filters every PATCH also carries, e.g. {"status": "eq.open"}: a row that no
     #: longer matches them is left alone and reported `conflict` (a job's query uses this).
     guard: Mapping[str, str] = field(default_factory=dict)
@@ -182,6 +197,11 @@ class RunSummary:
     budget: Budget | None = None
     #: The --rate the run was given (None: unlimited).
     rate: float | None = None
+    #: `plan`: the plan file and its transitions ("field: before -> after": rows).
+    plan_path: Path | None = None
+    transitions: Mapping[str, int] = field(default_factory=dict)
+    #: The undo file: `mateo-bulk run` it to put the updated rows back.
+    undo_path: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -189,7 +209,8 @@ class RunSummary:
         if self.stopped is not None:
             return self.stopped.exit_code
         good = Outcome.PLANNED if self.dry_run else Outcome.UPDATED
-        if self.counts.get(good, 0) == self.total_rows and not self.differences:
+        done = self.counts.get(good, 0) + self.counts.get(Outcome.UNCHANGED, 0)
+        if done == self.total_rows and not self.differences:
             return 0
         return 1
 
@@ -426,8 +447,17 @@ async def _execute(
     if not control.aborted:
         report_path = Path(settings.report) if settings.report else settings.run_dir / "report.csv"
         write_report(journal.results(), report_path)
+    plan_path = undo_path = None
+    transitions: dict[str, int] = {}
+    suffix = ".parquet" if input_file.format == "parquet" else ".csv"
+    if report_path and settings.plan_only:
+        plan_path = settings.run_dir / "plan.csv"
+        transitions = write_plan(journal.results(), plan_path)
+    elif report_path and settings.snapshot:
+        undo_path = settings.run_dir / f"undo{suffix}"
+        if not write_undo(journal.results([Outcome.UPDATED]), undo_path):
+            undo_path = None
     if report_path and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED])):
-        suffix = ".parquet" if input_file.format == "parquet" else ".csv"
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
         write_failures(journal.results([Outcome.FAILED, Outcome.REJECTED]), failures_path)
     return RunSummary(
@@ -446,6 +476,9 @@ async def _execute(
         estimated_requests=validation.estimated_requests(settings.batch_size),
         budget=budget,
         rate=settings.rate,
+        plan_path=plan_path,
+        transitions=transitions,
+        undo_path=undo_path,
     )
 
 
@@ -495,8 +528,11 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     if settings.dry_run:
         receive_rows.close()
     else:
+        to_group = receive_rows
+        if settings.snapshot:
+            send_checked, to_group = anyio.create_memory_object_stream[list[RowRequest]](2)
         grouper = Grouper(
-            receive_rows, batch_size=settings.batch_size, max_wait=settings.max_group_wait
+            to_group, batch_size=settings.batch_size, max_wait=settings.max_group_wait
         )
         sender = Sender(
             client,
@@ -509,6 +545,20 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
             wait_for_reset=settings.wait,
             guard=Guard.of(settings.guard),
         )
+        if settings.snapshot:
+            tasks.start_soon(
+                partial(
+                    snapshot_rows,
+                    sender,
+                    control,
+                    receive_rows,
+                    send_checked,
+                    send_results.clone(),
+                    concurrency=settings.concurrency,
+                    guarded=settings.guarded,
+                    plan_only=settings.plan_only,
+                )
+            )
         tasks.start_soon(
             _send_all, sender, grouper, control, settings.concurrency, send_results.clone()
         )
@@ -583,6 +633,8 @@ async def _produce(
             if settings.dry_run:
                 await send_results.send(row_results(to_send, Outcome.PLANNED))
             elif to_send:
+                if not settings.snapshot:
+                    to_send = [guard_expected(row, settings.guarded) for row in to_send]
                 await send_rows.send(to_send)
 
 

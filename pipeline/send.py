@@ -27,6 +27,8 @@ from pipeline.retry import MAX_BACKOFF_SECONDS, retrying
 
 #: How long every worker pauses after a 429 that named no wait: the rate-limit window.
 _DEFAULT_429_HOLD_SECONDS = 1.0
+#: No API day is longer: a Retry-After beyond it stops the run even with --wait.
+_LONGEST_DAY_SECONDS = 25 * 3600.0
 #: The API's page size: a read-back GET names at most this many ids.
 _READ_PAGE = 50
 
@@ -94,6 +96,7 @@ class Sender:
         self._one_row_per_request = False
 
     async def send(self, group: Group) -> list[RowResult]:
+        """PATCH one group (retried, paced, budgeted) and say what became of each of its rows."""
         if self._one_row_per_request and len(group) > 1:
             return await self._send_parts(group.split(1))
         attempts = 0
@@ -168,11 +171,20 @@ class Sender:
         replaced = {}
         for result in missing:
             row = current.get(result.conversation_id)
-            if row is not None:
+            if row is None:
+                continue
+            values = returned_values(row)
+            if all(_same(values.get(name), target) for name, target in result.change.values):
+                # Our own earlier attempt landed (applied, then the answer was lost): the guard
+                # no longer matches because the row already holds the target.
+                replaced[result.row] = dataclasses.replace(
+                    result, outcome=Outcome.UPDATED, returned=values
+                )
+            else:
                 replaced[result.row] = dataclasses.replace(
                     result,
                     outcome=Outcome.CONFLICT,
-                    returned=returned_values(row),
+                    returned=values,
                     error_message="changed since it was read (it no longer matches the guard); "
                     "left alone",
                 )
@@ -191,7 +203,8 @@ class Sender:
                 if error.http_status != 429 or wait is None or wait <= self._max_wait:
                     raise
                 # Minutes or hours to wait: that is a spent daily limit, not a busy second.
-                if not self._wait_for_reset:
+                if not self._wait_for_reset or wait > _LONGEST_DAY_SECONDS:
+                    # --wait sleeps through a daily reset, never through a hostile "a year".
                     raise QuotaExhausted(
                         f"the API asked to wait {wait:,.0f} s (more than --max-wait "
                         f"{self._max_wait:g} s): its daily limit is likely spent; resume after "
@@ -286,6 +299,13 @@ class Sender:
                 results += await self.send(part)
         return results
 
+    async def read_current(self, ids: ConversationIds) -> dict[str, dict[str, Any]] | None:
+        """The current rows of `ids` by id (paced, budgeted, retried); None if stopping."""
+        rows = await self._read_back(ids)
+        if rows is None:
+            return None
+        return self._check_named_rows(rows, set(ids.ids))
+
     async def _read_back(self, ids: ConversationIds) -> list[dict[str, Any]] | None:
         rows: list[dict[str, Any]] = []
         for start in range(0, len(ids), _READ_PAGE):
@@ -358,6 +378,7 @@ class Sender:
                     attempts=attempts,
                     returned=values,
                     difference=_difference(request, values),
+                    before=request.before.body() if request.before else None,
                 )
             )
         return results
@@ -380,6 +401,10 @@ def _difference(request: RowRequest, returned: dict[str, str | None]) -> str | N
 
 def _normalised(value: str | None) -> str | None:
     return value.strip().lower() if isinstance(value, str) else value
+
+
+def _same(value: str | None, other: str | None) -> bool:
+    return _normalised(value) == _normalised(other)
 
 
 def _cell(value: str | None) -> str:

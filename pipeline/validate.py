@@ -122,12 +122,26 @@ def validate_row(row: InputRow, fixed: Mapping[str, str | None]) -> RowRequest |
         elif value is not UNSET:
             values.append((field, value))
 
+    expected: list[tuple[str, str | None]] = []
+    if row.expected != _NO_EXPECTED:
+        for field, raw in zip(FIELDS, row.expected, strict=True):
+            value = _parse_cell_cached(field, raw)
+            if isinstance(value, _Problem):
+                problems.append(f"expect_{value.reason}")
+            elif value is not UNSET:
+                expected.append((field, value))
+
     if problems:
         return InvalidRow(row.row, conversation_id, "; ".join(problems))
     if not values:
         return InvalidRow(row.row, conversation_id, "nothing to change")
     # Built in FIELDS order from known fields, so Change.of's checks are already satisfied.
-    return RowRequest(row.row, conversation_id, Change(tuple(values)))
+    return RowRequest(
+        row.row, conversation_id, Change(tuple(values)), expected=Change(tuple(expected))
+    )
+
+
+_NO_EXPECTED = (None, None, None)
 
 
 class _Problem(NamedTuple):

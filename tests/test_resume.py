@@ -150,7 +150,9 @@ def check_final_state(
 ) -> None:
     report = read_report(run_dir / "report.csv")
     assert [int(line["row"]) for line in report] == list(range(1, ROWS + 1))
-    assert Counter(line["outcome"] for line in report) == {"updated": ROWS}
+    # `unchanged`: already at the target when read (some rows start there; rows in flight at
+    # a kill were applied, and the resumed run's snapshot finds them done).
+    assert set(Counter(line["outcome"] for line in report)) <= {"updated", "unchanged"}
     table = {row["id"]: row for row in sandbox.rows()}
     for conversation_id in input_ids:
         assert table[conversation_id]["inbox_id"] == target_inbox
@@ -224,7 +226,7 @@ def test_sigint_stops_cleanly_prints_the_resume_command_and_resumes(
     report = read_report(run_dir / "report.csv")
     assert len(report) == ROWS
     outcomes = Counter(line["outcome"] for line in report)
-    assert set(outcomes) == {"updated", "skipped"} and outcomes["skipped"] > 0
+    assert set(outcomes) <= {"updated", "unchanged", "skipped"} and outcomes["skipped"] > 0
     done_before = journaled(run_dir)
     assert len(done_before) == outcomes["updated"]  # the report says what the journal holds
     resume_from_line = len(log.read_text().splitlines())
@@ -233,7 +235,7 @@ def test_sigint_stops_cleanly_prints_the_resume_command_and_resumes(
     assert result.returncode == 0, result.stderr
     resumed_ids = patched_ids(log, resume_from_line)
     assert not done_before & set(resumed_ids)
-    assert len(resumed_ids) == outcomes["skipped"]
+    assert len(resumed_ids) <= outcomes["skipped"]
     check_final_state(api, run_dir, target_inbox, input_ids)
 
 
@@ -256,7 +258,7 @@ def test_a_resumed_run_whose_input_was_edited_is_refused(api: Sandbox, tmp_path:
 def test_resume_after_an_auth_stop_and_retry_failed(api: Sandbox, tmp_path: Path) -> None:
     """Stop on a bad token, resume with a good one; failed rows come back with --retry-failed."""
     api.configure(latency_ms=0)
-    ids = [row["id"] for row in api.rows()[:30]]
+    ids = [row["id"] for row in api.rows() if row["status"] != "closed"][:30]
     path = write_csv(tmp_path / "in.csv", [{"conversation_id": i, "status": "closed"} for i in ids])
     run_dir = tmp_path / "run"
     base = {"base_url": api.base_url, "rate": None, "run_dir": run_dir, "batch_size": 5}
@@ -285,7 +287,7 @@ def test_resume_after_an_auth_stop_and_retry_failed(api: Sandbox, tmp_path: Path
 def test_status_and_report_commands(api: Sandbox, tmp_path: Path) -> None:
     """`status` shows counts and settings; `report` re-exports in another format."""
     api.configure(latency_ms=0)
-    ids = [row["id"] for row in api.rows()[:6]]
+    ids = [row["id"] for row in api.rows() if row["status"] != "open"][:6]
     path = write_csv(tmp_path / "in.csv", [{"conversation_id": i, "status": "open"} for i in ids])
     run_dir = tmp_path / "run"
     assert (

@@ -54,7 +54,9 @@ def assert_table_has_targets(sandbox: Sandbox, report: list[dict[str, str]]) -> 
 
 
 def many_rows(sandbox: Sandbox, count: int) -> list[dict[str, str]]:
-    ids = [row["id"] for row in sandbox.rows()][:count]
+    """`count` rows to close and move, chosen among rows that are not closed yet."""
+    ids = [row["id"] for row in sandbox.rows() if row["status"] != "closed"][:count]
+    assert len(ids) == count
     return [
         {"conversation_id": conversation_id, "inbox_id": INBOXES[n % 3], "status": "closed"}
         for n, conversation_id in enumerate(ids)
@@ -62,8 +64,16 @@ def many_rows(sandbox: Sandbox, count: int) -> list[dict[str, str]]:
 
 
 def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None:
-    """updated, not_found, rejected (409), invalid: each reported, the table changed to match."""
-    ids = [row["id"] for row in api.rows()]
+    """updated, not_found, rejected (409), invalid, unchanged: each reported, table to match."""
+    table = api.rows()
+    ids = [
+        row["id"]
+        for row in table
+        if row["status"] not in ("closed", "archived")
+        and row["assignee_id"] not in (None, AGENTS[0])
+        and row["inbox_id"] != INBOXES[1]
+    ]
+    already = next(row for row in table if row["status"] == "archived")
     rows = [
         {"conversation_id": ids[0], "inbox_id": INBOXES[1], "status": "closed"},
         {"conversation_id": ids[1].upper(), "assignee_id": "NULL"},
@@ -72,6 +82,7 @@ def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None
         {"conversation_id": "not-a-uuid", "status": "closed"},
         {"conversation_id": ids[3], "status": "Archived"},
         {"conversation_id": ids[4], "assignee_id": AGENTS[0]},
+        {"conversation_id": already["id"], "status": "archived"},
     ]
     summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
     report = read_report(summary.report_path)
@@ -83,8 +94,9 @@ def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None
         "invalid",
         "updated",
         "updated",
+        "unchanged",
     ]
-    assert [int(line["row"]) for line in report] == list(range(1, 8))
+    assert [int(line["row"]) for line in report] == list(range(1, 9))
     assert report[3]["http_status"] == "409" and report[3]["error_code"] == "23503"
     assert "not a uuid" in report[4]["error_message"]
     assert report[1]["returned_assignee_id"] == "null"
@@ -96,7 +108,7 @@ def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None
 def test_all_updated_exits_zero_and_groups_rows(api: Sandbox, tmp_path: Path) -> None:
     """120 rows over 3 targets: all updated, exit 0, at most one partial group per target."""
     rows = many_rows(api, 120)
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), snapshot=False))
     assert summary.counts[Outcome.UPDATED] == 120 and summary.exit_code == 0
     assert api.stats()["requests_by_method"]["PATCH"] == summary.requests <= 3
     assert_table_has_targets(api, read_report(summary.report_path))
@@ -105,7 +117,9 @@ def test_all_updated_exits_zero_and_groups_rows(api: Sandbox, tmp_path: Path) ->
 def test_batch_size_one_sends_one_eq_patch_per_row(api: Sandbox, tmp_path: Path) -> None:
     """--batch-size 1: one request per row."""
     rows = many_rows(api, 12)
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1))
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1, snapshot=False)
+    )
     assert summary.requests == 12 and summary.counts[Outcome.UPDATED] == 12
 
 
@@ -113,9 +127,9 @@ def test_identical_duplicates_are_sent_once_and_reported_twice(
     api: Sandbox, tmp_path: Path
 ) -> None:
     """The same row twice: one id in the request, both rows `updated`."""
-    conversation_id = api.rows()[0]["id"]
+    conversation_id = next(row["id"] for row in api.rows() if row["status"] != "archived")
     rows = [{"conversation_id": conversation_id, "status": "archived"}] * 2
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), snapshot=False))
     assert [line["outcome"] for line in read_report(summary.report_path)] == ["updated"] * 2
     assert summary.requests == 1
     assert api.stats()["ids_updated_more_than_once"] == {}
@@ -156,7 +170,9 @@ def test_retries_exhausted_is_failed_with_the_last_error(api: Sandbox, tmp_path:
     """A server that always answers 500: rows `failed` after --max-attempts, exit 1."""
     api.configure(fault_500=1.0)
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 3)), max_attempts=2)
+        settings_for(
+            api, write_csv(tmp_path / "in.csv", many_rows(api, 3)), max_attempts=2, snapshot=False
+        )
     )
     report = read_report(summary.report_path)
     assert {line["outcome"] for line in report} == {"failed"}
