@@ -7,6 +7,7 @@ import dataclasses
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,6 +184,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tr
         action="store_true",
         help="when the budget or the API's limit is spent, sleep until it resets, not stop",
     )
+    safety = parser.add_argument_group("before writing")
+    safety.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="do not read rows before changing them (fewest requests; no unchanged-skipping, "
+        "no snapshot guard, no undo file)",
+    )
+    safety.add_argument(
+        "--no-guard",
+        dest="guarded",
+        action="store_false",
+        help="send PATCHes without the values read as filters (a row changed meanwhile is "
+        "overwritten)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--dry-run", action="store_true", help="validate and write the report; send nothing"
@@ -228,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(run_parser)
     run_parser.set_defaults(handler=_run_command)
+
+    plan_parser = commands.add_parser(
+        "plan",
+        help="read the rows' current values and write a plan (before, after); change nothing",
+        description="Read the current values of the input's conversations and write a plan: "
+        "one row per input row with its values before and after and whether it would change. "
+        "Apply it with `mateo-bulk apply`.",
+    )
+    _add_run_arguments(plan_parser)
+    plan_parser.set_defaults(handler=_plan_command)
+
+    apply_parser = commands.add_parser(
+        "apply",
+        help="apply exactly the `change` rows of a plan, guarded by their planned values",
+        description="Apply the `change` rows of a plan made by `mateo-bulk plan`. Each PATCH "
+        "carries the values the plan read, so a row changed since is left alone (conflict).",
+    )
+    _add_run_arguments(apply_parser)
+    apply_parser.set_defaults(handler=_apply_command)
 
     job_parser = commands.add_parser(
         "job",
@@ -374,6 +409,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         quota_reset_utc=args.quota_reset_utc,
         max_wait=args.max_wait,
         wait=args.wait,
+        snapshot=args.snapshot,
+        guarded=args.guarded,
     )
 
 
@@ -393,16 +430,9 @@ def _progress_display(quiet: bool) -> Iterator[Callable[..., None] | None]:
 
 def _run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.sandbox and not args.dry_run:
-        from pipeline.sandbox import SandboxConfig, running_sandbox
-
-        # Mateo's documented limits, so the demo shows what a real run feels like.
-        with running_sandbox(SandboxConfig(rate=2.0, daily_quota=10_000)) as sandbox:
-            if args.log_format == "text":
-                print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
-            settings = dataclasses.replace(settings, base_url=sandbox.base_url, token=sandbox.token)
-            summary = _run_with_display(settings, args.quiet, args.log_format)
-    else:
+    if args.dry_run:
+        args.sandbox = False  # a dry run sends nothing: no sandbox needed
+    with _sandbox_for(args, settings, quiet=args.log_format == "json") as settings:
         summary = _run_with_display(settings, args.quiet, args.log_format)
     if args.log_format == "json":
         from pipeline.progress import summary_text
@@ -411,6 +441,48 @@ def _run_command(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return summary.exit_code
+
+
+def _plan_command(args: argparse.Namespace) -> int:
+    from pipeline.progress import plan_summary_text
+
+    settings = dataclasses.replace(_settings(args), plan_only=True)
+    with _sandbox_for(args, settings) as settings:
+        summary = _run_with_display(settings, args.quiet, args.log_format)
+    print(plan_summary_text(summary))
+    _print_stop(summary)
+    return summary.exit_code
+
+
+def _apply_command(args: argparse.Namespace) -> int:
+    from pipeline.runner import apply_plan
+
+    settings = _settings(args)
+    with _sandbox_for(args, settings) as settings:
+        with _progress_display(args.quiet) as display:
+            summary = apply_plan(args.input, settings, on_progress=display)
+    _print_summary(summary)
+    return summary.exit_code
+
+
+@contextmanager
+def _sandbox_for(
+    args: argparse.Namespace, settings: RunSettings, *, quiet: bool = False
+) -> Iterator[RunSettings]:
+    """The settings to use: pointed at a bundled sandbox, with Mateo's limits, with --sandbox."""
+    if not args.sandbox:
+        yield settings
+        return
+    from pipeline.account import STATE_DIR_VARIABLE
+    from pipeline.sandbox import mateo_limits_sandbox
+
+    # The sandbox's requests are not any real account's: they get a budget ledger of their own
+    # that disappears with the run, so demos never spend (or fill) a real one.
+    with tempfile.TemporaryDirectory() as state, mateo_limits_sandbox() as sandbox:
+        os.environ[STATE_DIR_VARIABLE] = state
+        if not quiet:
+            print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
+        yield dataclasses.replace(settings, base_url=sandbox.base_url, token=sandbox.token)
 
 
 def _run_with_display(settings: RunSettings, quiet: bool, log_format: str = "text") -> RunSummary:
@@ -592,6 +664,10 @@ def _print_summary(summary: RunSummary) -> None:
     from pipeline.progress import summary_text
 
     print(summary_text(summary))
+    _print_stop(summary)
+
+
+def _print_stop(summary: RunSummary) -> None:
     stop = summary.stopped
     if stop is None:
         return

@@ -157,3 +157,26 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:,.0f} min"
     return f"{seconds / 3600:,.1f} h"
+
+
+def plan_summary_text(summary: RunSummary) -> str:
+    """What `plan` found: transitions with counts, rows left alone, and what apply will cost."""
+    counts = summary.counts
+    changing = counts.get(Outcome.PLANNED, 0)
+    lines = [
+        f"plan: {summary.total_rows:,} rows: {changing:,} to change, "
+        f"{counts.get(Outcome.UNCHANGED, 0):,} already there, "
+        f"{counts.get(Outcome.NOT_FOUND, 0):,} not found, "
+        f"{counts.get(Outcome.INVALID, 0):,} invalid"
+        + (f", {counts[Outcome.CONFLICT]:,} conflicting" if counts.get(Outcome.CONFLICT) else "")
+        + (f", {counts[Outcome.FAILED]:,} unreadable" if counts.get(Outcome.FAILED) else "")
+    ]
+    for transition, count in sorted(summary.transitions.items(), key=lambda item: -item[1]):
+        lines.append(f"  {transition}  x{count:,}")
+    cost = f"apply will cost about {summary.apply_requests:,} requests"
+    if summary.budget is not None and summary.budget.left:
+        cost += f" ({summary.apply_requests / summary.budget.left:.1%} of today's budget left)"
+    lines.append(cost + f"; this plan cost {summary.requests:,}")
+    lines.append(f"plan file: {summary.plan_path}")
+    lines.append(f"apply it with: mateo-bulk apply {summary.plan_path}")
+    return "\n".join(lines)

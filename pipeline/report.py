@@ -225,12 +225,14 @@ PLAN_COLUMNS: tuple[str, ...] = (
 )
 
 
-def write_plan(results: Iterable[RowResult], path: Path) -> dict[str, int]:
-    """The plan file (one row per input row: before, after, decision); returns the transitions.
+def write_plan(results: Iterable[RowResult], path: Path) -> tuple[dict[str, int], list[int]]:
+    """The plan file (one row per input row: before, after, decision).
 
-    A transition is "field: before -> after" with the number of rows making it.
+    Returns the transitions ("field: before -> after" with the number of rows making it) and
+    the sizes of the groups apply will send (rows sharing one change and one before).
     """
     transitions: dict[str, int] = {}
+    groups: dict[tuple[object, ...], int] = {}
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=PLAN_COLUMNS)
         writer.writeheader()
@@ -249,11 +251,14 @@ def write_plan(results: Iterable[RowResult], path: Path) -> dict[str, int]:
                 record[f"after_{name}"] = cell(target, name)
             writer.writerow(record)
             if decision == "change":
+                group = (result.change, tuple(sorted((before or {}).items())))
+                groups[group] = groups.get(group, 0) + 1
                 for name in target:
-                    old = cell(before, name) or "?"
-                    key = f"{name}: {old} -> {cell(target, name)}"
-                    transitions[key] = transitions.get(key, 0) + 1
-    return transitions
+                    old, new = cell(before, name) or "?", cell(target, name)
+                    if old.lower() != (new or "").lower():
+                        key = f"{name}: {old} -> {new}"
+                        transitions[key] = transitions.get(key, 0) + 1
+    return transitions, list(groups.values())
 
 
 def write_undo(results: Iterable[RowResult], path: Path) -> int:
@@ -285,3 +290,32 @@ def write_undo(results: Iterable[RowResult], path: Path) -> int:
             writer.writeheader()
             writer.writerows(records)
     return len(records)
+
+
+def plan_to_input(plan_path: Path, path: Path) -> int:
+    """The `change` rows of a plan file as an input file: targets, and expect_* = before."""
+    try:
+        with plan_path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            missing = set(PLAN_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise InputError(
+                    f"{plan_path} is not a plan file (no {', '.join(sorted(missing))} column); "
+                    "make one with `mateo-bulk plan`"
+                )
+            rows = [row for row in reader if row["decision"] == "change"]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{plan_path}: cannot read it ({type(error).__name__})") from None
+    columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            record = {"conversation_id": row["conversation_id"]}
+            for name in FIELDS:
+                target = row[f"after_{name}"]
+                record[name] = target
+                record[f"expect_{name}"] = row[f"before_{name}"] if target else ""
+            writer.writerow(record)
+    return len(rows)

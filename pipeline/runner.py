@@ -38,6 +38,7 @@ from pipeline.quota import DEFAULT_DAILY_QUOTA, Budget, QuotaLedger, parse_reset
 from pipeline.reader import InputFile, open_input
 from pipeline.report import (
     check_report_path,
+    plan_to_input,
     write_failures,
     write_plan,
     write_report,
@@ -200,6 +201,8 @@ class RunSummary:
     #: `plan`: the plan file and its transitions ("field: before -> after": rows).
     plan_path: Path | None = None
     transitions: Mapping[str, int] = field(default_factory=dict)
+    #: PATCHes applying the plan costs (groups of one change and one before).
+    apply_requests: int = 0
     #: The undo file: `mateo-bulk run` it to put the updated rows back.
     undo_path: Path | None = None
 
@@ -208,7 +211,7 @@ class RunSummary:
         """0 all rows updated, 1 some not, 3 stopped early (resumable), 4 safety stop."""
         if self.stopped is not None:
             return self.stopped.exit_code
-        good = Outcome.PLANNED if self.dry_run else Outcome.UPDATED
+        good = Outcome.PLANNED if self.dry_run or self.plan_path else Outcome.UPDATED
         done = self.counts.get(good, 0) + self.counts.get(Outcome.UNCHANGED, 0)
         if done == self.total_rows and not self.differences:
             return 0
@@ -449,11 +452,13 @@ async def _execute(
         write_report(journal.results(), report_path)
     plan_path = undo_path = None
     transitions: dict[str, int] = {}
+    apply_requests = 0
     suffix = ".parquet" if input_file.format == "parquet" else ".csv"
     if report_path and settings.plan_only:
         plan_path = settings.run_dir / "plan.csv"
-        transitions = write_plan(journal.results(), plan_path)
-    elif report_path and settings.snapshot:
+        transitions, group_sizes = write_plan(journal.results(), plan_path)
+        apply_requests = sum(-(-size // settings.batch_size) for size in group_sizes)
+    elif report_path:
         undo_path = settings.run_dir / f"undo{suffix}"
         if not write_undo(journal.results([Outcome.UPDATED]), undo_path):
             undo_path = None
@@ -478,6 +483,7 @@ async def _execute(
         rate=settings.rate,
         plan_path=plan_path,
         transitions=transitions,
+        apply_requests=apply_requests,
         undo_path=undo_path,
     )
 
@@ -709,3 +715,25 @@ def export_report(run_dir: str | Path, path: Path) -> int:
     check_report_path(path)
     with Journal.open(Path(run_dir)) as journal:
         return write_report(journal.results(), path)
+
+
+def apply_plan(
+    plan_path: str | Path,
+    settings: RunSettings,
+    *,
+    on_progress: ProgressCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """Apply exactly the `change` rows of a plan, each guarded by the values it was planned from.
+
+    A row someone changed since the plan matches nothing and ends `conflict`, never overwritten.
+    """
+    plan_path = Path(plan_path)
+    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(plan_path)
+    changes = plan_to_input(plan_path, run_dir / "apply.csv")
+    if not changes:
+        raise InputError(f"{plan_path} has no rows to change; nothing to apply")
+    settings = dataclasses.replace(
+        settings, input=run_dir / "apply.csv", run_dir=run_dir, snapshot=False, plan_only=False
+    )
+    return run(settings, on_progress=on_progress, transport=transport)

@@ -378,10 +378,20 @@ class Sender:
                     attempts=attempts,
                     returned=values,
                     difference=_difference(request, values),
-                    before=request.before.body() if request.before else None,
+                    before=_before(request),
                 )
             )
         return results
+
+
+def _before(request: RowRequest) -> dict[str, str | None] | None:
+    """The row's values before this change: read by the snapshot, or expected by the input."""
+    if request.before is not None:
+        return request.before.body()
+    expected = request.expected.body()
+    if expected and all(name in expected for name, _ in request.change.values):
+        return expected
+    return None
 
 
 def _clock_after(seconds: float) -> str:
