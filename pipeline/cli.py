@@ -550,15 +550,13 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
             return jobs.run_job(plan, on_progress=display, on_selected=_print_selected)
 
     if options["sandbox"]:
-        from pipeline.sandbox import mateo_limits_sandbox
-
-        with mateo_limits_sandbox() as sandbox:
-            if events is None:
-                print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
-            else:
-                events.emit("sandbox", base_url=sandbox.base_url)
-            sandbox_flags = {**flags, "base_url": sandbox.base_url}
-            summary = run_planned(jobs.plan_job(spec, sandbox_flags, token=sandbox.token))
+        plan = jobs.plan_job(spec, flags, default_base_url=base_url)
+        # A query job reads its rows even on a dry run, so the sandbox starts for one too.
+        sandbox = argparse.Namespace(sandbox=True)
+        with _sandbox_for(sandbox, plan.settings, quiet=events is not None) as settings:
+            if events is not None:
+                events.emit("sandbox", base_url=settings.base_url)
+            summary = run_planned(dataclasses.replace(plan, settings=settings))
     else:
         token = _read_token(argparse.Namespace(token_file=options["token_file"]))
         summary = run_planned(jobs.plan_job(spec, flags, token=token, default_base_url=base_url))

@@ -193,6 +193,7 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_wait": _at_least(0, integer=False),
         "wait": _boolean,
     },
+    "safety": {"snapshot": _boolean, "guarded": _boolean},
     "output": {
         "report": _report_path,
         "run_dir": _path_template,
@@ -204,7 +205,7 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
 }
 #: Every option a job file or a flag may give, by its flag's name with underscores.
 OPTION_NAMES: frozenset[str] = frozenset(name for keys in _OPTIONS.values() for name in keys)
-_TABLES = ("source", "set", "limits", "output", "api")
+_TABLES = ("source", "set", "limits", "safety", "output", "api")
 _TOP_KEYS = ("description", "max_failed_share", *_TABLES)
 _SOURCE_KEYS = ("file", "map", "query", *_OPTIONS["source"])
 #: What a job gets for an option neither its file nor a flag gives (RunSettings' defaults).
@@ -536,6 +537,8 @@ def plan_job(
         quota_reset_utc=options["quota_reset_utc"],
         max_wait=options["max_wait"],
         wait=options["wait"],
+        snapshot=options["snapshot"],
+        guarded=options["guarded"],
         guard=dict(query.resolved) if query else {},
     )
     return JobPlan(spec, settings, options, query, spec.max_failed_share)

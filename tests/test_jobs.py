@@ -294,16 +294,29 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(tmp_path: Path) ->
     """Flags given override the file's keys; keys the file gives override run's defaults."""
     job = tmp_path / "job.toml"
     job.write_text(
-        VALID_QUERY_JOB + "\n[limits]\nrate = 1.5\nconcurrency = 1\nbatch_size = 10\n",
+        VALID_QUERY_JOB
+        + "\n[limits]\nrate = 1.5\nconcurrency = 1\nbatch_size = 10\n"
+        + "\n[safety]\nguarded = false\n",
         encoding="utf-8",
     )
     args = build_parser().parse_args(
-        ["job", str(job), "--concurrency", "3", "--rate", "unlimited", "--set", "status=archived"]
+        [
+            "job",
+            str(job),
+            "--concurrency",
+            "3",
+            "--rate",
+            "unlimited",
+            "--no-snapshot",
+            "--set",
+            "status=archived",
+        ]
     )
     flags = {name: value for name, value in vars(args).items() if value is not _NOT_GIVEN}
     settings = plan_job(load_job(job), flags, token="t").settings
     assert settings.concurrency == 3 and settings.rate is None  # flags
-    assert settings.batch_size == 10  # the file
+    assert settings.snapshot is False
+    assert settings.batch_size == 10 and settings.guarded is False  # the file
     assert settings.max_attempts == 5 and settings.timeout == 10.0  # run's defaults
     assert settings.fixed_values == {"status": "archived"}
 
