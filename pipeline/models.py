@@ -47,6 +47,13 @@ def normalise_uuid(text: str) -> str:
     return canonical
 
 
+def same_value(value: str | None, other: str | None) -> bool:
+    """Field values compared as the API stores them (uuids and enums are case-insensitive)."""
+    if value is None or other is None:
+        return value is other
+    return value.strip().lower() == other.strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """The target values of one row: only the fields present are sent; None means JSON null."""

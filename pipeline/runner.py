@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 import httpx
 from anyio import CancelScope
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.abc import ObjectSendStream, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, MateoClient, check_base_url
 from pipeline.errors import InputError, Interrupted, MateoBulkError
@@ -603,13 +604,13 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     signals.cancel()
 
 
-async def _coalesced(stream: ObjectReceiveStream[list[RowResult]]) -> Any:
+async def _coalesced(stream: MemoryObjectReceiveStream[list[RowResult]]) -> Any:
     """Batches of results, merging those already waiting, so one commit covers them all."""
     async for results in stream:
         merged = list(results)
         while True:
             try:
-                merged += stream.receive_nowait()  # type: ignore[attr-defined]
+                merged += stream.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
         yield merged

@@ -20,7 +20,15 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.grouping import Group, Grouper
-from pipeline.models import NO_GUARD, ConversationIds, Guard, Outcome, RowRequest, RowResult
+from pipeline.models import (
+    NO_GUARD,
+    ConversationIds,
+    Guard,
+    Outcome,
+    RowRequest,
+    RowResult,
+    same_value,
+)
 from pipeline.pacer import Pacer
 from pipeline.quota import QuotaExhausted, QuotaLedger
 from pipeline.retry import MAX_BACKOFF_SECONDS, retrying
@@ -123,9 +131,10 @@ class Sender:
         except TransientError as error:
             return row_results(group.rows, Outcome.FAILED, attempts=attempts, **_details(error))
 
-        self._check_named(group, answer.named)
         rows = answer.rows
         if rows is None:
+            # Rows an incomplete answer names are still checked: none may be a stranger.
+            self._check_named(group, answer.named)
             # The answer does not say which rows changed: read them back, never assume.
             try:
                 rows = await self._read_back(group.ids)
@@ -174,7 +183,7 @@ class Sender:
             if row is None:
                 continue
             values = returned_values(row)
-            if all(_same(values.get(name), target) for name, target in result.change.values):
+            if all(same_value(values.get(name), target) for name, target in result.change.values):
                 # Our own earlier attempt landed (applied, then the answer was lost): the guard
                 # no longer matches because the row already holds the target.
                 replaced[result.row] = dataclasses.replace(
@@ -404,17 +413,9 @@ def _difference(request: RowRequest, returned: dict[str, str | None]) -> str | N
     for name, target in request.change.values:
         if name not in returned:
             differences.append(f"{name}: not returned")
-        elif _normalised(returned[name]) != _normalised(target):
+        elif not same_value(returned[name], target):
             differences.append(f"{name}: {_cell(target)} -> {_cell(returned[name])}")
     return "; ".join(differences) or None
-
-
-def _normalised(value: str | None) -> str | None:
-    return value.strip().lower() if isinstance(value, str) else value
-
-
-def _same(value: str | None, other: str | None) -> bool:
-    return _normalised(value) == _normalised(other)
 
 
 def _cell(value: str | None) -> str:

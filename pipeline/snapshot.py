@@ -16,18 +16,19 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.client import returned_values
 from pipeline.errors import PermanentError, RemoteError, RunStopped
-from pipeline.models import Change, ConversationIds, Guard, Outcome, RowRequest, RowResult
+from pipeline.models import (
+    Change,
+    ConversationIds,
+    Guard,
+    Outcome,
+    RowRequest,
+    RowResult,
+    same_value,
+)
 from pipeline.send import RunControl, Sender, row_results
 
 #: Ids per snapshot GET: the API's page size.
 PAGE_SIZE = 50
-
-
-def same(value: str | None, other: str | None) -> bool:
-    """Field values compared as the API stores them (uuids and enums are case-insensitive)."""
-    if value is None or other is None:
-        return value is other
-    return value.strip().lower() == other.strip().lower()
 
 
 def decide(
@@ -44,7 +45,9 @@ def decide(
             error_message="no such conversation when read",
         )
     values = returned_values(current)
-    mismatched = [name for name, value in row.expected.values if not same(values.get(name), value)]
+    mismatched = [
+        name for name, value in row.expected.values if not same_value(values.get(name), value)
+    ]
     if mismatched:
         return RowResult(
             row.row,
@@ -55,7 +58,7 @@ def decide(
             error_message=f"{', '.join(mismatched)} no longer hold the expected values; left alone",
         )
     before = Change(tuple((name, values.get(name)) for name, _ in row.change.values))
-    if all(same(values.get(name), target) for name, target in row.change.values):
+    if all(same_value(values.get(name), target) for name, target in row.change.values):
         return RowResult(
             row.row,
             row.conversation_id,
