@@ -126,15 +126,41 @@ def _request_scenarios(
     # (d) compares both modes on a job where a snapshot pays (issue 6).
     return [
         ("a", f"{rows:,} rows, all to one inbox", 0.021, one_inbox, ["--no-snapshot"]),
-        ("a+snapshot", f"{rows:,} rows, all to one inbox (default: snapshot)", 0.041, one_inbox, []),
-        ("b", f"{rows:,} rows over 10 combinations, interleaved", 0.03, ten_combinations,
-         ["--no-snapshot"]),
-        ("c", f"{distinct_rows:,} rows, every target different", 1.0, all_different,
-         ["--no-snapshot"]),
-        ("d", f"{distinct_rows:,} rows, half already at target, --no-snapshot", 1.0,
-         half_unchanged, ["--no-snapshot"]),
-        ("d+snapshot", f"{distinct_rows:,} rows, half already at target, snapshot", 0.53,
-         half_unchanged, []),
+        (
+            "a+snapshot",
+            f"{rows:,} rows, all to one inbox (default: snapshot)",
+            0.041,
+            one_inbox,
+            [],
+        ),
+        (
+            "b",
+            f"{rows:,} rows over 10 combinations, interleaved",
+            0.03,
+            ten_combinations,
+            ["--no-snapshot"],
+        ),
+        (
+            "c",
+            f"{distinct_rows:,} rows, every target different",
+            1.0,
+            all_different,
+            ["--no-snapshot"],
+        ),
+        (
+            "d",
+            f"{distinct_rows:,} rows, half already at target, --no-snapshot",
+            1.0,
+            half_unchanged,
+            ["--no-snapshot"],
+        ),
+        (
+            "d+snapshot",
+            f"{distinct_rows:,} rows, half already at target, snapshot",
+            0.53,
+            half_unchanged,
+            [],
+        ),
     ]
 
 
