@@ -575,7 +575,7 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     counts[Outcome.SKIPPED] = 0  # skipped rows of an earlier session are to be sent now
     followers_of = session.validation.duplicates.followers_of
     async with receive_results:
-        async for results in _coalesced(receive_results):
+        async for results in _batched(receive_results):
             results += [
                 dataclasses.replace(result, row=row)
                 for result in results
@@ -604,16 +604,33 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     signals.cancel()
 
 
-async def _coalesced(stream: MemoryObjectReceiveStream[list[RowResult]]) -> Any:
-    """Batches of results, merging those already waiting, so one commit covers them all."""
-    async for results in stream:
-        merged = list(results)
-        while True:
-            try:
-                merged += stream.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-        yield merged
+#: Results are committed to the journal at most this often (and at once when the run ends),
+#: so that at hundreds of requests a second a commit covers many rows, not one. A row applied
+#: but not yet committed when the process dies is read again on resume and found `unchanged`.
+_COMMIT_INTERVAL = 0.05
+_COMMIT_ROWS = 5_000
+
+
+async def _batched(stream: MemoryObjectReceiveStream[list[RowResult]]) -> Any:
+    """Batches of results for one journal commit each: what arrives within a short window."""
+    pending: list[RowResult] = []
+    window_ends = float("inf")
+    while True:
+        try:
+            with anyio.fail_after(max(0.0, window_ends - anyio.current_time())):
+                results = await stream.receive()
+        except TimeoutError:
+            results = []
+        except anyio.EndOfStream:
+            break
+        if not pending:
+            window_ends = anyio.current_time() + _COMMIT_INTERVAL
+        pending += results
+        if anyio.current_time() >= window_ends or len(pending) >= _COMMIT_ROWS:
+            yield pending
+            pending, window_ends = [], float("inf")
+    if pending:
+        yield pending
 
 
 async def _produce(
