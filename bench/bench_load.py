@@ -10,7 +10,7 @@ then prints rows, faults seen, requests, retries, 429s, the pipeline's peak RSS 
 sampled during the run, to show it stays flat), and the final check: every row of the sandbox's
 table holds its target, and the report has 100,000 lines with every row once.
 
-    /work/venv/bin/python bench/bench_load.py [--rows 100000] [--rate 150] [--concurrency 8]
+    .venv/bin/python bench/bench_load.py [--rows 100000] [--rate 150] [--concurrency 8]
 """
 
 from __future__ import annotations

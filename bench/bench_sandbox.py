@@ -5,7 +5,7 @@ from the other core over keep-alive connections, with wrk when it is installed (
 generator, so the figure measures the server) or else aiohttp. Each request is the client's
 common case: `PATCH /conversation?id=eq.<uuid>` with a one-key body, no latency, no limits.
 
-    /work/venv/bin/python bench/bench_sandbox.py [--seconds 5] [--connections 32]
+    .venv/bin/python bench/bench_sandbox.py [--seconds 5] [--connections 32]
 
 The server's CPU use over the measured run is printed too: near 100% means the figure is the
 server's limit, well below means the load generator was the bottleneck.
