@@ -174,8 +174,18 @@ class Sender:
             return results
         try:
             rows = await self._read_back(ConversationIds(r.conversation_id for r in missing))
-        except RemoteError:
-            return results  # they stay not_found-or-conflict unknown: reported as not matched
+        except RemoteError as error:
+            # Missing or changed by someone else: without the read there is no telling.
+            unknown = {
+                result.row: dataclasses.replace(
+                    result,
+                    outcome=Outcome.FAILED,
+                    error_message="the guarded PATCH did not match it, and reading it back "
+                    f"failed: {error}",
+                )
+                for result in missing
+            }
+            return [unknown.get(result.row, result) for result in results]
         current = self._check_named_rows(rows or [], {r.conversation_id for r in missing})
         replaced = {}
         for result in missing:
