@@ -177,32 +177,20 @@ FAILURE_COLUMNS: tuple[str, ...] = (
 
 def write_failures(results: Iterable[RowResult], path: Path) -> int:
     """The failed and rejected rows as an input file (CSV or Parquet by suffix): fix, run again."""
-    records = []
-    for result in results:
-        target = result.change.body()
-        record: dict[str, Any] = {"conversation_id": result.conversation_id}
-        record.update({name: cell(target, name) or "" for name in FIELDS})
-        record.update(
-            row=result.row,
-            outcome=result.outcome.value,
-            http_status=result.http_status,
-            error_code=result.error_code,
-            error_message=result.error_message,
-        )
-        records.append(record)
-    if path.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        integer = {"row": pa.int64(), "http_status": pa.int32()}
-        schema = pa.schema([(name, integer.get(name, pa.string())) for name in FAILURE_COLUMNS])
-        pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
-    else:
-        with path.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=FAILURE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(records)
-    return len(records)
+    def record(result: RowResult) -> dict[str, Any]:
+        target = result.change.body()
+        return {
+            "conversation_id": result.conversation_id,
+            **{name: cell(target, name) or "" for name in FIELDS},
+            "row": str(result.row),
+            "outcome": result.outcome.value,
+            "http_status": "" if result.http_status is None else str(result.http_status),
+            "error_code": result.error_code or "",
+            "error_message": result.error_message or "",
+        }
+
+    return _write_rows((record(result) for result in results), FAILURE_COLUMNS, path)
 
 
 #: What `plan` decided for each row, by outcome of the snapshot.
@@ -265,31 +253,70 @@ def write_undo(results: Iterable[RowResult], path: Path) -> int:
     """For each updated row, its values before the run, as an input file: `run` it to undo.
 
     Each row expects (expect_* columns) the values the run set, so an undo never overwrites a
-    change someone made after the run: such a row ends `conflict`.
+    change someone made after the run: such a row ends `conflict`. Streamed, in the input's
+    format; no file when no row has values to restore.
     """
     columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
-    records = []
-    for result in results:
-        if result.before is None:
-            continue
-        record: dict[str, Any] = {"conversation_id": result.conversation_id}
-        for name in FIELDS:
-            record[name] = cell(result.before, name) or ""
-            record[f"expect_{name}"] = cell(result.change.body(), name) or ""
-        records.append(record)
-    if not records:
-        return 0
-    if path.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    records = (
+        {
+            "conversation_id": result.conversation_id,
+            **{name: cell(result.before, name) or "" for name in FIELDS},
+            **{f"expect_{name}": cell(result.change.body(), name) or "" for name in FIELDS},
+        }
+        for result in results
+        if result.before is not None
+    )
+    return _write_rows(records, columns, path)
 
-        pq.write_table(pa.Table.from_pylist(records), path)
-    else:
-        with path.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(records)
-    return len(records)
+
+def _write_rows(records: Iterable[dict[str, Any]], columns: tuple[str, ...], path: Path) -> int:
+    """Stream records of string cells to a CSV or Parquet file; none written when empty."""
+    written = 0
+    batch: list[dict[str, Any]] = []
+    writer: Any = None
+    try:
+        for record in records:
+            batch.append(record)
+            if len(batch) >= 10_000:
+                writer = writer or _RowsWriter(columns, path)
+                writer(batch)
+                written += len(batch)
+                batch = []
+        if batch:
+            writer = writer or _RowsWriter(columns, path)
+            writer(batch)
+            written += len(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    return written
+
+
+class _RowsWriter:
+    """Writes batches of records to CSV or Parquet (by the path's suffix)."""
+
+    def __init__(self, columns: tuple[str, ...], path: Path) -> None:
+        self._parquet = path.suffix.lower() == ".parquet"
+        if self._parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            self._schema = pa.schema([(name, pa.string()) for name in columns])
+            self._pa = pa
+            self._file: Any = pq.ParquetWriter(path, self._schema)
+        else:
+            self._file = path.open("w", newline="", encoding="utf-8")
+            self._csv = csv.DictWriter(self._file, fieldnames=columns)
+            self._csv.writeheader()
+
+    def __call__(self, batch: list[dict[str, Any]]) -> None:
+        if self._parquet:
+            self._file.write_table(self._pa.Table.from_pylist(batch, schema=self._schema))
+        else:
+            self._csv.writerows(batch)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def plan_to_input(plan_path: Path, path: Path) -> int:

@@ -213,6 +213,9 @@ class Sender:
         """One request: paced, counted against the day's budget, told apart from a long wait."""
         while True:
             await self._pacer.wait()
+            if self._control.stopping:
+                # Workers queued at the pacer when the run was told to stop send nothing more.
+                raise RunStopped("the run is stopping")
             await self._take_budget()
             self._control.requests += 1
             try:
