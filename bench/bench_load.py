@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -96,6 +95,9 @@ class _RssSampler:
 
     def __init__(self, pid: int) -> None:
         self.samples: list[int] = []
+        #: The kernel's high-water mark of the process's RSS (VmHWM), as last read: the exact
+        #: peak up to the last sample, spikes between samples included.
+        self.peak_kib = 0
         self._pid = pid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -108,6 +110,8 @@ class _RssSampler:
                 for line in status.read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         self.samples.append(int(line.split()[1]))
+                    elif line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
             except OSError:
                 return
 
@@ -153,9 +157,9 @@ def main() -> int:
             stdout, stderr = pipeline.communicate()
             sampler.stop()
             elapsed = time.monotonic() - started
-            # Only the pipeline has been reaped so far (the sandbox still runs), so this is
-            # its peak.
-            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            # VmHWM of the pipeline's own process: getrusage(RUSAGE_CHILDREN) would report the
+            # largest child reaped so far, which need not be the pipeline.
+            peak_kib = sampler.peak_kib
             stats = httpx.get(root + "/_sandbox/stats", timeout=30).json()
             final = {
                 row["id"]: row for row in httpx.get(root + "/_sandbox/rows", timeout=60).json()
