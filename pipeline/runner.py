@@ -307,10 +307,13 @@ async def _execute(
     on_progress: ProgressCallback | None,
     transport: httpx.AsyncBaseTransport | None,
 ) -> RunSummary:
+    settings, learned = _apply_doctor_answers(settings)
     assert settings.run_dir is not None
     ledger = _ledger(settings)
     session = _Run(settings, journal, input_file, validation, retry_failed, on_progress, ledger)
     control = session.control
+    if learned:
+        control.notice(learned)
     try:
         await _pipeline(session, transport)
     except BaseException as error:
@@ -373,6 +376,27 @@ async def _execute(
         apply_requests=apply_requests,
         undo_path=undo_path,
     )
+
+
+def _apply_doctor_answers(settings: RunSettings) -> tuple[RunSettings, str | None]:
+    """Start at the batch size `mateo-bulk doctor` found this account's API accepts.
+
+    Without stored answers the run starts at --batch-size and degrades when refused (414,
+    406, 400 on the filter); with them, it need not spend requests finding out.
+    """
+    if not settings.token or settings.dry_run:
+        return settings, None
+    from pipeline.doctor import load_answers
+
+    document = load_answers(settings.token, settings.base_url) or {}
+    recommended = (document.get("answers") or {}).get("recommended_batch_size")
+    if isinstance(recommended, int) and 1 <= recommended < settings.batch_size:
+        note = (
+            f"batch size {recommended} (not {settings.batch_size}): what `mateo-bulk doctor` "
+            f"found this API accepts on {document.get('checked_at', '?')}"
+        )
+        return dataclasses.replace(settings, batch_size=recommended), note
+    return settings, None
 
 
 def _ledger(settings: RunSettings) -> QuotaLedger | None:

@@ -263,3 +263,31 @@ def test_dry_run_prints_the_request_plan(tmp_path: Path) -> None:
     plan = next(line for line in result.stdout.splitlines() if line.startswith("plan:"))
     assert "about 6 requests" in plan and "at 2 requests/s" in plan
     assert "10,000 of 10,000 requests left" in plan
+
+
+def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Path) -> None:
+    """After `doctor` found grouped PATCHes refused (406), a run sends one row per request
+    from the start: no request is spent finding out again."""
+    import anyio
+
+    from pipeline.doctor import diagnose
+
+    api.configure(force_single_object=True)
+    report = anyio.run(lambda: diagnose(api.base_url, api.token, rate=50.0))
+    assert report.answers["recommended_batch_size"] == 1
+    api.reset_stats()
+    path = write_csv(tmp_path / "in.csv", rows_for(api, 6))
+    summary = run(
+        RunSettings(
+            path,
+            token=api.token,
+            base_url=api.base_url,
+            rate=None,
+            snapshot=False,
+            run_dir=tmp_path / "run",
+        )
+    )
+    assert summary.exit_code == 0 and summary.counts[Outcome.UPDATED] == 6
+    assert "406" not in api.stats()["requests_by_status"]
+    assert api.stats()["requests"] == 6
+    assert any("mateo-bulk doctor" in notice for notice in summary.notices)
