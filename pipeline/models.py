@@ -11,6 +11,28 @@ from dataclasses import dataclass, field
 #: The conversation fields a row may change, in the order they are reported and sent.
 FIELDS: tuple[str, ...] = ("inbox_id", "assignee_id", "status")
 STATUSES: tuple[str, ...] = ("open", "closed", "archived")
+#: The conversation table's columns, as the API's documentation lists them.
+CONVERSATION_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "updated_at",
+    "organisation_id",
+    "subject",
+    "status",
+    "assignee_id",
+    "unread",
+    "channel_id",
+    "channel_type",
+    "contact_id",
+    "external_id",
+    "tags",
+    "is_spam",
+    "inbox_id",
+    "latest_message_id",
+    "latest_inbound_message_id",
+    "latest_message_created_at",
+    "latest_inbound_message_created_at",
+)
 #: Fields that may be set to JSON null.
 NULLABLE_FIELDS: frozenset[str] = frozenset({"assignee_id"})
 

@@ -22,34 +22,12 @@ import httpx
 
 from pipeline.client import MateoClient
 from pipeline.errors import PermanentError, TransientError
-from pipeline.models import normalise_uuid
+from pipeline.models import CONVERSATION_COLUMNS, normalise_uuid
 from pipeline.pacer import Pacer
 from pipeline.quota import QuotaLedger, parse_reset_time
 from pipeline.retry import retrying
 from pipeline.runner import RunSettings
 
-#: The conversation table's columns, as the seed documents them: what a query may filter on.
-CONVERSATION_COLUMNS: tuple[str, ...] = (
-    "id",
-    "created_at",
-    "updated_at",
-    "organisation_id",
-    "subject",
-    "status",
-    "assignee_id",
-    "unread",
-    "channel_id",
-    "channel_type",
-    "contact_id",
-    "external_id",
-    "tags",
-    "is_spam",
-    "inbox_id",
-    "latest_message_id",
-    "latest_inbound_message_id",
-    "latest_message_created_at",
-    "latest_inbound_message_created_at",
-)
 OPERATORS: tuple[str, ...] = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
 _IS_VALUES = ("null", "not_null", "true", "false", "unknown")
 #: The API's page size: it never returns more than 50 rows per GET.

@@ -12,31 +12,12 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from pipeline.models import CONVERSATION_COLUMNS
 from pipeline.sandbox.errors import ApiError
 
 TABLE = "conversation"
 
-COLUMNS: tuple[str, ...] = (
-    "id",
-    "created_at",
-    "updated_at",
-    "organisation_id",
-    "subject",
-    "status",
-    "assignee_id",
-    "unread",
-    "channel_id",
-    "channel_type",
-    "contact_id",
-    "external_id",
-    "tags",
-    "is_spam",
-    "inbox_id",
-    "latest_message_id",
-    "latest_inbound_message_id",
-    "latest_message_created_at",
-    "latest_inbound_message_created_at",
-)
+COLUMNS: tuple[str, ...] = CONVERSATION_COLUMNS
 COLUMN_SET = frozenset(COLUMNS)
 
 UUID_COLUMNS = frozenset(
