@@ -24,7 +24,6 @@ from pipeline.client import MateoClient
 from pipeline.errors import PermanentError, TransientError
 from pipeline.models import CONVERSATION_COLUMNS, normalise_uuid
 from pipeline.pacer import Pacer
-from pipeline.quota import QuotaLedger, parse_reset_time
 from pipeline.retry import retrying
 from pipeline.runner import RunSettings
 
@@ -151,7 +150,7 @@ async def select_ids(
     run_dir.mkdir(parents=True, exist_ok=True)
     ids_path = run_dir / IDS_FILE
     pacer = Pacer(settings.rate)
-    ledger = _ledger(settings)
+    ledger = settings.ledger()
     requests = retries = 0
     ids: list[str] = []
 
@@ -229,16 +228,3 @@ def _write_ids(path: Path, ids: list[str]) -> None:
         writer.writerow(["conversation_id"])
         writer.writerows([each] for each in ids)
     partial.replace(path)
-
-
-def _ledger(settings: RunSettings) -> QuotaLedger | None:
-    """The account's daily budget, the same one the run draws from."""
-    if not settings.token:
-        return None
-    return QuotaLedger(
-        settings.token,
-        daily_quota=settings.daily_quota,
-        max_requests=settings.max_requests,
-        reset_at=parse_reset_time(settings.quota_reset_utc),
-        clock=settings.quota_clock,
-    )

@@ -35,7 +35,7 @@ from pipeline.journal import Journal
 from pipeline.models import Guard, Outcome, RowRequest, RowResult
 from pipeline.pacer import Pacer
 from pipeline.prepare import Validation, sort_chunk, validate_file
-from pipeline.quota import Budget, QuotaLedger, parse_reset_time
+from pipeline.quota import Budget, QuotaLedger
 from pipeline.reader import InputFile, open_input
 from pipeline.report import (
     check_report_path,
@@ -309,7 +309,7 @@ async def _execute(
 ) -> RunSummary:
     settings, learned = _apply_doctor_answers(settings)
     assert settings.run_dir is not None
-    ledger = _ledger(settings)
+    ledger = settings.ledger()
     session = _Run(settings, journal, input_file, validation, retry_failed, on_progress, ledger)
     control = session.control
     if learned:
@@ -397,19 +397,6 @@ def _apply_doctor_answers(settings: RunSettings) -> tuple[RunSettings, str | Non
         )
         return dataclasses.replace(settings, batch_size=recommended), note
     return settings, None
-
-
-def _ledger(settings: RunSettings) -> QuotaLedger | None:
-    """The account's daily budget; read only with a token (a dry run may have none)."""
-    if not settings.token:
-        return None
-    return QuotaLedger(
-        settings.token,
-        daily_quota=settings.daily_quota,
-        max_requests=settings.max_requests,
-        reset_at=parse_reset_time(settings.quota_reset_utc),
-        clock=settings.quota_clock,
-    )
 
 
 async def _pipeline(session: _Run, transport: httpx.AsyncBaseTransport | None) -> None:

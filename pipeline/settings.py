@@ -14,7 +14,7 @@ import httpx
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, check_base_url
 from pipeline.errors import InputError
 from pipeline.models import Guard
-from pipeline.quota import DEFAULT_DAILY_QUOTA, parse_reset_time
+from pipeline.quota import DEFAULT_DAILY_QUOTA, QuotaLedger, parse_reset_time
 from pipeline.report import check_report_path
 
 
@@ -131,3 +131,15 @@ class RunSettings:
             if name in known
         }
         return cls(**{**arguments, "token": token})
+
+    def ledger(self) -> QuotaLedger | None:
+        """The account's daily budget this run draws from; None without a token (a dry run)."""
+        if not self.token:
+            return None
+        return QuotaLedger(
+            self.token,
+            daily_quota=self.daily_quota,
+            max_requests=self.max_requests,
+            reset_at=parse_reset_time(self.quota_reset_utc),
+            clock=self.quota_clock,
+        )
