@@ -371,10 +371,13 @@ def _read_token(args: argparse.Namespace) -> str:
                 f"--token-file {path}: cannot read it ({type(error).__name__})"
             ) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            print(
-                f"mateo-bulk: warning: {path} is readable by other users; chmod 600 it",
-                file=sys.stderr,
-            )
+            warning = f"{path} is readable by other users; chmod 600 it"
+            if getattr(args, "log_format", "text") == "json":
+                from pipeline.events import JsonEvents
+
+                JsonEvents().emit("warning", message=warning)
+            else:
+                print(f"mateo-bulk: warning: {warning}", file=sys.stderr)
         if not token:
             raise InputError(f"--token-file {path} is empty")
         return token

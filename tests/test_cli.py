@@ -184,3 +184,28 @@ def test_the_demo_runs_against_the_bundled_sandbox(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     outcomes = {line["outcome"] for line in read_report(tmp_path / "demo" / "report.csv")}
     assert {"updated", "not_found", "rejected", "invalid"} <= outcomes
+
+
+def test_json_logs_carry_the_token_file_warning_as_an_event(api: Sandbox, tmp_path: Path) -> None:
+    """--log-format json: the loose-token-file warning is a JSON event; stderr is JSON only."""
+    import json
+
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET)
+    token_file.chmod(0o644)
+    path = write_csv(tmp_path / "in.csv", some_rows(api, 2))
+    result = run_against(
+        api,
+        path,
+        "--token-file",
+        token_file,
+        "--log-format",
+        "json",
+        "--run-dir",
+        tmp_path / "r",
+        token=None,
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert any(event["event"] == "warning" and "chmod 600" in event["message"] for event in events)
+    assert SECRET not in result.stderr
