@@ -57,6 +57,8 @@ class Grouper:
         self._max_wait = max_wait
         self._max_buffered = max_buffered or max(1_000, 20 * batch_size)
         self._pending: dict[tuple[Change, Guard], list[RowRequest]] = {}
+        #: When each pending group got its first row.
+        self._since: dict[tuple[Change, Guard], float] = {}
         self._ready: deque[Group] = deque()
         self._buffered = 0
         self._exhausted = False
@@ -65,7 +67,6 @@ class Grouper:
     async def next_group(self) -> Group | None:
         """The next group to send, or None once every row has been handed out."""
         async with self._lock:
-            deadline = anyio.current_time() + self._max_wait
             while True:
                 if self._ready:
                     return self._take(self._ready.popleft())
@@ -74,7 +75,11 @@ class Grouper:
                 if not self._pending:
                     await self._receive()
                     continue
-                timeout = deadline - anyio.current_time()
+                # No row waits longer than max_wait for its group to fill: the deadline is the
+                # oldest partial group's, not this call's, so rows that trickle in slowly over
+                # many different changes never keep a worker idle.
+                oldest = self._since[next(iter(self._pending))]
+                timeout = oldest + self._max_wait - anyio.current_time()
                 if timeout <= 0:
                     return self._take_oldest()
                 with anyio.move_on_after(timeout):
@@ -86,6 +91,7 @@ class Grouper:
         buffered += [row for pending in self._pending.values() for row in pending]
         self._ready.clear()
         self._pending.clear()
+        self._since.clear()
         self._buffered = 0
         if buffered:
             await handle(buffered)
@@ -105,11 +111,14 @@ class Grouper:
             return
         for row in chunk:
             key = (row.change, row.guard)
-            pending = self._pending.setdefault(key, [])
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = []
+                self._since[key] = anyio.current_time()
             pending.append(row)
             self._buffered += 1
             if len(pending) >= self.batch_size:
-                del self._pending[key]
+                del self._pending[key], self._since[key]
                 self._ready.append(Group(row.change, tuple(pending), row.guard))
 
     def _take(self, group: Group) -> Group:
@@ -121,6 +130,7 @@ class Grouper:
             return None
         key = next(iter(self._pending))
         rows = self._pending.pop(key)
+        del self._since[key]
         change, guard = key
         # The batch size may have been lowered (a 414) since these rows were buffered.
         group, *rest = Group(change, tuple(rows), guard).split(self.batch_size)

@@ -109,3 +109,31 @@ def test_split_keeps_order_and_change() -> None:
     parts = group.split(3)
     assert [len(part) for part in parts] == [3, 3, 1]
     assert [row for part in parts for row in part.rows] == list(group.rows)
+
+
+def test_rows_trickling_in_never_wait_longer_than_max_wait() -> None:
+    """Rows of many changes arriving one by one: each goes out max_wait after it arrived."""
+    sent: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        send, receive = anyio.create_memory_object_stream[list[RowRequest]](100)
+        grouper = Grouper(receive, batch_size=50, max_wait=0.5)
+        rows = make_rows(list(range(len(CHANGES))))
+        async with send, receive, anyio.create_task_group() as tasks:
+
+            async def trickle() -> None:
+                for row in rows:
+                    await send.send([row])
+                    await anyio.sleep(0.1)
+
+            tasks.start_soon(trickle)
+            started = anyio.current_time()
+            for _ in range(3):
+                group = await grouper.next_group()
+                assert group is not None
+                sent.append((group.rows[0].row, anyio.current_time() - started))
+            tasks.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
+    assert [row for row, _ in sent] == [1, 2, 3]
+    assert [round(at, 3) for _, at in sent] == [0.5, 0.6, 0.7]
