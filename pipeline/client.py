@@ -237,7 +237,10 @@ class MateoClient:
             )
         if status == 429 or status >= 500:
             raise TransientError(
-                message, http_status=status, code=code, retry_after=_retry_after(response)
+                message,
+                http_status=status,
+                code=code,
+                retry_after=_retry_after(response, rate_limited=status == 429),
             )
         if 300 <= status < 400:
             location = self._redact(response.headers.get("location", "?"))
@@ -355,9 +358,15 @@ def _ratelimit(response: httpx.Response) -> tuple[int | None, float | None]:
     return remaining_count, _parse_seconds(reset) if reset is not None else None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `ratelimit-reset`."""
-    for name in ("retry-after", "ratelimit-reset"):
+def _retry_after(response: httpx.Response, *, rate_limited: bool) -> float | None:
+    """Seconds to wait: `Retry-After` (seconds or HTTP date); on a 429, `ratelimit-reset` too.
+
+    `ratelimit-reset` rides on every answer and says when the rate window refills; it is a
+    reason to wait only when the request was refused for the rate. Read on a 5xx, it would
+    pause every worker for a window that has nothing to do with the error.
+    """
+    names = ("retry-after", "ratelimit-reset") if rate_limited else ("retry-after",)
+    for name in names:
         value = response.headers.get(name)
         if value is None:
             continue

@@ -467,7 +467,7 @@ def _body_shape(body: bytes) -> str:
 
 
 def _retry_after_from(headers: Mapping[str, str]) -> float | None:
-    return _retry_after(httpx.Response(429, headers=dict(headers)))
+    return _retry_after(httpx.Response(429, headers=dict(headers)), rate_limited=True)
 
 
 def _means_no_match(observation: Observation) -> bool:

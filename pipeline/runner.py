@@ -435,9 +435,12 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
         to_group = receive_rows
         if settings.snapshot:
             send_checked, to_group = anyio.create_memory_object_stream[list[RowRequest]](2)
-        grouper = Grouper(
-            to_group, batch_size=settings.batch_size, max_wait=settings.max_group_wait
-        )
+        # At a low rate a request slot is worth waiting for: a row may wait as long as a full
+        # group takes to be sent (25 s at 2 requests/s), so that slow input still groups.
+        max_wait = settings.max_group_wait
+        if settings.rate:
+            max_wait = max(max_wait, settings.batch_size / settings.rate)
+        grouper = Grouper(to_group, batch_size=settings.batch_size, max_wait=max_wait)
         sender = Sender(
             client,
             pacer,

@@ -262,3 +262,14 @@ def test_a_request_without_ids_cannot_be_built() -> None:
         ConversationIds([])
     with pytest.raises(ValueError):
         ConversationIds(["not-a-uuid"])
+
+
+def test_ratelimit_reset_is_a_wait_only_on_a_429() -> None:
+    """A 5xx carrying the usual ratelimit-reset header asks for no wait; its Retry-After does."""
+    headers = {"ratelimit-reset": "5"}
+    with pytest.raises(TransientError) as caught:
+        patch_with(lambda request: httpx.Response(502, headers=headers, text="<html></html>"))
+    assert caught.value.retry_after is None
+    with pytest.raises(TransientError) as caught:
+        patch_with(lambda request: httpx.Response(503, headers={**headers, "retry-after": "3"}))
+    assert caught.value.retry_after == 3.0
