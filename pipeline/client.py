@@ -14,7 +14,7 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -185,28 +185,10 @@ class MateoClient:
     async def _send(
         self, method: str, url: str, *, headers: dict[str, str], content: bytes | None
     ) -> Answer:
-        try:
-            with anyio.fail_after(self._timeout):
-                request = self._http.build_request(method, url, headers=headers, content=content)
-                response = await self._http.send(request, stream=True)
-                try:
-                    body = await _read_capped(response)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise TransientError(f"no complete answer within {self._timeout:g} s") from None
-        except httpx.TimeoutException as error:
-            raise TransientError(
-                self._redact(f"timed out: {error or type(error).__name__}")
-            ) from None
-        except httpx.TransportError as error:
-            reason = str(error) or type(error).__name__
-            if _is_tls_failure(error):
-                # Never fall back to http: the token would travel in clear text.
-                raise ConnectionSetupError(
-                    self._redact(f"the TLS connection to the API failed: {reason}")
-                ) from None
-            raise TransientError(self._redact(f"connection problem: {reason}")) from None
+        request = self._http.build_request(method, url, headers=headers, content=content)
+        response, body = await exchange(
+            self._http, request, timeout=self._timeout, redact=self._redact
+        )
         return self._interpret(method, response, body)
 
     def _interpret(self, method: str, response: httpx.Response, body: bytes) -> Answer:
@@ -254,6 +236,40 @@ class MateoClient:
     def _redact(self, text: str) -> str:
         """Remove the token from text that may echo it (a server's error, a URL)."""
         return text.replace(self._token, "***") if self._token else text
+
+
+async def exchange(
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    timeout: float,
+    redact: Callable[[str], str],
+) -> tuple[httpx.Response, bytes]:
+    """Send one request and read its whole answer, bounded in time and size.
+
+    Raises TransientError (timeout, connection problem, an answer too large) or
+    ConnectionSetupError (TLS), with the token removed from every message by `redact`.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            response = await http.send(request, stream=True)
+            try:
+                body = await _read_capped(response)
+            finally:
+                await response.aclose()
+    except TimeoutError:
+        raise TransientError(f"no complete answer within {timeout:g} s") from None
+    except httpx.TimeoutException as error:
+        raise TransientError(redact(f"timed out: {error or type(error).__name__}")) from None
+    except httpx.TransportError as error:
+        reason = str(error) or type(error).__name__
+        if _is_tls_failure(error):
+            # Never fall back to http: the token would travel in clear text.
+            raise ConnectionSetupError(
+                redact(f"the TLS connection to the API failed: {reason}")
+            ) from None
+        raise TransientError(redact(f"connection problem: {reason}")) from None
+    return response, body
 
 
 def _guard_query(guard: Guard) -> str:

@@ -23,20 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 
 from pipeline.account import account_fingerprint, state_dir
 from pipeline.client import (
     SELECT,
     _error_details,
-    _is_tls_failure,
-    _read_capped,
     _retry_after,
     check_base_url,
+    exchange,
     make_transport,
 )
-from pipeline.errors import InputError, TransientError
+from pipeline.errors import ConnectionSetupError, InputError, TransientError
 from pipeline.models import ConversationIds
 from pipeline.pacer import Pacer
 from pipeline.quota import QuotaExhausted, QuotaLedger
@@ -398,19 +396,14 @@ class _Probe:
     ) -> Observation:
         request = self._http.build_request(method, url, headers=headers, content=content)
         try:
-            with anyio.fail_after(self._timeout):
-                response = await self._http.send(request, stream=True)
-                try:
-                    body = await _read_capped(response)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise TransientError(f"no complete answer within {self._timeout:g} s") from None
-        except httpx.TransportError as error:
-            reason = (str(error) or type(error).__name__).replace(self._token, "***")
-            if _is_tls_failure(error):
-                raise _Stop(f"the TLS connection to the API failed: {reason}") from None
-            raise TransientError(f"connection problem: {reason}") from None
+            response, body = await exchange(
+                self._http,
+                request,
+                timeout=self._timeout,
+                redact=lambda text: text.replace(self._token, "***"),
+            )
+        except ConnectionSetupError as error:
+            raise _Stop(str(error)) from None
         return _observe(purpose, method, ids, request, response, body)
 
 
