@@ -280,6 +280,92 @@ def test_uuid_literals_are_read_like_postgresql(
     assert response.headers["content-range"] == "0-0/*"
 
 
+def test_patch_columns_applies_only_the_named_keys(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """?columns=status sets status alone: the body's other keys, even unknown ones, are ignored."""
+    row = next(row for row in sandbox.rows() if row["status"] == "open")
+    other_inbox = next(inbox for inbox in sandbox.state.inbox_ids if inbox != row["inbox_id"])
+    response = sandbox_client.patch(
+        "/conversation",
+        params={"id": f"eq.{row['id']}", "columns": "status"},
+        json={"status": "closed", "inbox_id": other_inbox, "colour": "red"},
+    )
+    assert response.status_code == 204 and response.headers["content-range"] == "0-0/*"
+    after = sandbox.row(row["id"])
+    assert after is not None and after["status"] == "closed"
+    assert after["inbox_id"] == row["inbox_id"]
+
+
+@pytest.mark.parametrize(
+    ("columns", "code", "message"),
+    [
+        (
+            "status,colour",
+            "PGRST204",
+            "Could not find the 'colour' column of 'conversation' in the schema cache",
+        ),
+        (
+            "subject",
+            "PGRST204",
+            "Could not find the 'subject' column of 'conversation' in the schema cache",
+        ),
+        ("", "PGRST100", None),
+        ("status;inbox_id", "PGRST100", None),
+    ],
+)
+def test_patch_columns_naming_no_column_is_refused(
+    sandbox: Sandbox,
+    sandbox_client: httpx.Client,
+    columns: str,
+    code: str,
+    message: str | None,
+) -> None:
+    """A ?columns= name that is no writable column is 400 PGRST204, bad syntax PGRST100."""
+    row_id = _ids(sandbox, 1)[0]
+    before = sandbox.rows()
+    response = sandbox_client.patch(
+        "/conversation",
+        params={"id": f"eq.{row_id}", "columns": columns},
+        json={"status": "archived"},
+    )
+    body = _error(response, 400, code)
+    if message is not None:
+        assert body["message"] == message
+    assert sandbox.rows() == before and sandbox.stats()["updates"] == 0
+
+
+def test_patch_columns_fills_a_missing_key_with_null_or_its_default(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """A ?columns= name the body lacks is set NULL, or its default with Prefer: missing=default."""
+    row = next(row for row in sandbox.rows() if row["assignee_id"] and row["status"] == "closed")
+    params = {"id": f"eq.{row['id']}"}
+    cleared = sandbox_client.patch(
+        "/conversation",
+        params={**params, "columns": "status,assignee_id"},
+        json={"status": "archived"},
+    )
+    assert cleared.status_code == 204
+    after = sandbox.row(row["id"])
+    assert after is not None and after["status"] == "archived" and after["assignee_id"] is None
+    before = sandbox.rows()
+    not_null = sandbox_client.patch(
+        "/conversation", params={**params, "columns": "inbox_id"}, json={"status": "open"}
+    )
+    _error(not_null, 400, "23502")
+    assert sandbox.rows() == before
+    defaulted = sandbox_client.patch(
+        "/conversation",
+        params={**params, "columns": "status,inbox_id", "select": "id,status,inbox_id"},
+        json={"inbox_id": row["inbox_id"]},
+        headers={"Prefer": "missing=default, return=representation"},
+    )
+    assert defaulted.status_code == 200
+    assert defaulted.headers["preference-applied"] == "missing=default, return=representation"
+    assert defaulted.json() == [{"id": row["id"], "status": "open", "inbox_id": row["inbox_id"]}]
+
+
 # --- safety ------------------------------------------------------------------------------------
 
 
@@ -318,13 +404,16 @@ def test_guarded_patches_are_not_violations(sandbox: Sandbox, sandbox_client: ht
 # --- GET ---------------------------------------------------------------------------------------
 
 
-def test_get_returns_at_most_50_rows(sandbox_client: httpx.Client) -> None:
-    """No limit, or a limit above 50, still gives 50 rows ordered by id."""
-    for params in ({}, {"limit": "500"}):
+def test_get_returns_at_most_50_rows(sandbox: Sandbox, sandbox_client: httpx.Client) -> None:
+    """No limit, or a limit above 50, still gives 50 distinct rows; with order=id the first 50."""
+    all_ids = [row["id"] for row in sandbox.rows()]
+    for params in ({}, {"limit": "500"}, {"order": "id"}, {"order": "id", "limit": "500"}):
         response = sandbox_client.get("/conversation", params=params)
-        rows = response.json()
-        assert response.status_code == 200 and len(rows) == 50
-        assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+        ids = [row["id"] for row in response.json()]
+        assert response.status_code == 200 and len(ids) == len(set(ids)) == 50
+        assert set(ids) <= set(all_ids)
+        if "order" in params:
+            assert ids == all_ids[:50]
         assert response.headers["content-range"] == "0-49/*"
 
 
@@ -346,13 +435,15 @@ def test_get_keyset_pagination_visits_every_row_once(
 
 
 def test_get_limit_offset_and_range(sandbox: Sandbox, sandbox_client: httpx.Client) -> None:
-    """limit/offset and the Range header pick the same slice."""
+    """limit/offset and the Range header pick the same slice of the ordered rows."""
     all_ids = [row["id"] for row in sandbox.rows()]
     by_params = sandbox_client.get(
-        "/conversation", params={"select": "id", "limit": "5", "offset": "10"}
+        "/conversation", params={"select": "id", "order": "id", "limit": "5", "offset": "10"}
     )
     by_range = sandbox_client.get(
-        "/conversation", params={"select": "id"}, headers={"Range-Unit": "items", "Range": "10-14"}
+        "/conversation",
+        params={"select": "id", "order": "id"},
+        headers={"Range-Unit": "items", "Range": "10-14"},
     )
     for response in (by_params, by_range):
         assert [row["id"] for row in response.json()] == all_ids[10:15]
@@ -392,6 +483,70 @@ def test_get_filters_and_order(sandbox: Sandbox, sandbox_client: httpx.Client) -
     assert [r["created_at"] for r in newest] == sorted(
         (r["created_at"] for r in rows), reverse=True
     )[:3]
+
+
+def test_get_without_order_has_no_promised_order(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """Without order= every row still comes once, but each read in an order of its own."""
+    sandbox.configure(max_rows=300)
+    all_ids = [row["id"] for row in sandbox.rows()]
+    reads = [
+        [row["id"] for row in sandbox_client.get("/conversation", params={"select": "id"}).json()]
+        for _ in range(2)
+    ]
+    for ids in reads:
+        assert sorted(ids) == all_ids and ids != all_ids
+    assert reads[0] != reads[1]
+    ordered = sandbox_client.get("/conversation", params={"select": "id", "order": "id.asc"})
+    assert [row["id"] for row in ordered.json()] == all_ids
+
+
+def test_offset_paging_without_order_skips_and_repeats_rows(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """Offset pages without order= are each whole, but together miss rows; with order=id not."""
+    all_ids = [row["id"] for row in sandbox.rows()]
+
+    def walk(extra: dict[str, str]) -> list[str]:
+        seen: list[str] = []
+        for offset in range(0, 300, 50):
+            response = sandbox_client.get(
+                "/conversation",
+                params={"select": "id", "limit": "50", "offset": str(offset), **extra},
+                headers={"Prefer": "count=exact"},
+            )
+            page = [row["id"] for row in response.json()]
+            assert len(page) == len(set(page)) == 50 and set(page) <= set(all_ids)
+            assert response.headers["content-range"] == f"{offset}-{offset + 49}/300"
+            seen += page
+        return seen
+
+    unordered = walk({})
+    assert len(unordered) == 300 and set(unordered) != set(all_ids)
+    assert walk({"order": "id"}) == all_ids
+
+
+def test_unordered_reads_repeat_with_the_seed_and_leave_faults_alone(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """The order of reads without order= follows fault_seed, and never shifts the fault draws."""
+
+    def reads(seed: int, params: dict[str, str]) -> list[tuple[int, tuple[str, ...]]]:
+        sandbox.reset()
+        sandbox.configure(fault_seed=seed, fault_500=0.3)
+        answers = []
+        for _ in range(20):
+            response = sandbox_client.get("/conversation", params={"select": "id", **params})
+            ids = tuple(row["id"] for row in response.json()) if response.status_code == 200 else ()
+            answers.append((response.status_code, ids))
+        return answers
+
+    first = reads(5, {"limit": "10"})
+    assert first == reads(5, {"limit": "10"}) and first != reads(6, {"limit": "10"})
+    ordered = reads(5, {"limit": "10", "order": "id"})
+    assert [status for status, _ in ordered] == [status for status, _ in first]
+    assert {500, 200} <= {status for status, _ in first}
 
 
 def test_get_or_filter(sandbox: Sandbox, sandbox_client: httpx.Client) -> None:

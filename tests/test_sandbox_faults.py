@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -207,3 +209,95 @@ def test_request_log_never_holds_the_token(tmp_path: Path) -> None:
     assert entries[0]["ids_updated"] == [row_id] and entries[0]["method"] == "PATCH"
     assert set(entries[0]) >= {"time", "method", "path", "status", "ids_updated", "duration_ms"}
     assert "[redacted]" in entries[1]["path"]
+
+
+LOG_FIELDS = {
+    "time",
+    "arrived",
+    "duration_ms",
+    "method",
+    "path",
+    "query",
+    "status",
+    "ids_matched",
+    "ids_updated",
+    "committed",
+}
+
+
+def test_request_log_is_evidence_of_every_write(tmp_path: Path) -> None:
+    """Each line: method, raw query, status, rows matched and changed, committed, and when."""
+    log = tmp_path / "requests.jsonl"
+    token = "s3cret/+key=1"
+    with running_sandbox(SandboxConfig(token=token), generate=8, request_log=log) as sandbox:
+        a, b, c, d, e, f = (row["id"] for row in sandbox.rows()[:6])
+        sent: list[str] = []
+        with httpx.Client(
+            base_url=sandbox.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as client:
+
+            def patch(ids: str, headers: dict[str, str] | None = None) -> None:
+                try:
+                    response = client.patch(
+                        f"/conversation?id={ids}", json={"status": "closed"}, headers=headers
+                    )
+                    sent.append(response.request.url.query.decode())
+                except httpx.HTTPError as error:
+                    sent.append(error.request.url.query.decode())
+
+            read = client.get(f"/conversation?select=id&id=in.(%22{a}%22,{b})&limit=5")
+            sent.append(read.request.url.query.decode())
+            patch(f"eq.{a}")
+            patch("not.in.()")
+            patch(f"in.({a},{b})", headers={"Prefer": "handling=strict, max-affected=1"})
+            sandbox.configure(fault_applied_503=1.0)
+            patch(f"eq.{c}")
+            sandbox.configure(fault_applied_503=0.0, latency_ms=1000, cutoff_seconds=0.05)
+            patch(f"eq.{d}")
+            sandbox.configure(cutoff_commits=False)
+            patch(f"eq.{e}")
+            sandbox.configure(latency_ms=0, cutoff_seconds=None, fault_drop=1.0)
+            patch(f"eq.{f}")
+            sandbox.configure(fault_drop=0.0)
+            leaked = client.get("/conversation", params={"apikey": token})
+            sent.append(leaked.request.url.query.decode())
+    text = log.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    summary = [
+        (
+            entry["method"],
+            entry["status"],
+            entry.get("fault"),
+            entry["committed"],
+            entry["ids_matched"],
+            entry["ids_updated"],
+        )
+        for entry in entries
+    ]
+    assert summary == [
+        ("GET", 200, None, False, [], []),
+        ("PATCH", 204, None, True, [a], [a]),
+        ("PATCH", 400, None, False, [], []),  # no id guard: refused before the table
+        ("PATCH", 400, None, False, sorted([a, b]), []),  # max-affected: rolled back
+        ("PATCH", 503, "applied_503", True, [c], [c]),
+        ("PATCH", 504, "cutoff", True, [d], [d]),
+        ("PATCH", 504, "cutoff", False, [], []),
+        ("PATCH", 200, "drop", True, [f], [f]),  # the body broke off; the commit stands
+        ("GET", 400, None, False, [], []),
+    ]
+    assert all(
+        set(entry) == LOG_FIELDS | ({"fault"} if "fault" in entry else set()) for entry in entries
+    )
+    assert [entry["query"] for entry in entries[:-1]] == sent[:-1]
+    assert "%22" in entries[0]["query"]  # as received: still percent-encoded
+    assert all(entry["path"] == f"/api/v1/conversation?{entry['query']}" for entry in entries)
+    arrivals = [entry["arrived"] for entry in entries]
+    assert arrivals == sorted(arrivals)
+    assert all(datetime.fromisoformat(entry["time"]).tzinfo is not None for entry in entries)
+    assert all(entry["duration_ms"] >= 0 for entry in entries)
+    assert entries[5]["duration_ms"] >= 50  # the cut-off's wait
+    # The token, however a client spells it in a URL, is never written.
+    assert "[redacted]" in entries[-1]["query"] and sent[-1] != entries[-1]["query"]
+    for entry in entries:
+        assert token not in urllib.parse.unquote_plus(entry["query"])
+    assert token not in text

@@ -191,3 +191,78 @@ def test_config_values_are_checked() -> None:
     ):
         with pytest.raises(ValueError):
             SandboxConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_count_exact_totals_every_matching_row(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """count=exact totals every row the filters match, however small the page or max_rows."""
+    open_total = sum(row["status"] == "open" for row in sandbox.rows())
+    assert 20 < open_total < 300
+    sandbox.configure(max_rows=20)
+    count = {"Prefer": "count=exact"}
+    for params, headers, status, content_range, size in [
+        ({}, count, 206, "0-19/300", 20),
+        ({"limit": "500"}, count, 206, "0-19/300", 20),
+        ({"status": "eq.open"}, count, 206, f"0-19/{open_total}", 20),
+        ({"order": "id", "offset": "40", "limit": "10"}, count, 206, "40-49/300", 10),
+        ({"order": "id", "offset": "290"}, count, 206, "290-299/300", 10),
+        ({}, {}, 200, "0-19/*", 20),
+    ]:
+        response = sandbox_client.get(
+            "/conversation", params={"select": "id", **params}, headers=headers
+        )
+        assert response.status_code == status, params
+        assert response.headers["content-range"] == content_range
+        assert len(response.json()) == size
+
+
+def test_id_list_longer_than_max_rows(sandbox: Sandbox, sandbox_client: httpx.Client) -> None:
+    """50 ids under max_rows=20: 20 of them, Content-Range 0-19/50 with count=exact, else 0-19/*."""
+    ids = _ids(sandbox, 50)
+    sandbox.configure(max_rows=20)
+    params = {"id": _in(ids), "select": "id"}
+    counted = sandbox_client.get("/conversation", params=params, headers={"Prefer": "count=exact"})
+    assert counted.status_code == 206 and counted.headers["content-range"] == "0-19/50"
+    returned = [row["id"] for row in counted.json()]
+    assert len(returned) == len(set(returned)) == 20 and set(returned) <= set(ids)
+    plain = sandbox_client.get("/conversation", params=params)
+    assert plain.status_code == 200 and plain.headers["content-range"] == "0-19/*"
+    assert len(plain.json()) == 20
+
+
+def test_dropped_prefer_or_content_range_loses_the_total(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """drop_prefer: count=exact never arrives (0-19/*, 200); drop_content_range: no header."""
+    sandbox.configure(max_rows=20, drop_prefer=True)
+    count = {"Prefer": "count=exact"}
+    response = sandbox_client.get("/conversation", params={"select": "id"}, headers=count)
+    assert response.status_code == 200 and response.headers["content-range"] == "0-19/*"
+    assert "preference-applied" not in response.headers and len(response.json()) == 20
+    sandbox.configure(drop_prefer=False, drop_content_range=True)
+    response = sandbox_client.get("/conversation", params={"select": "id"}, headers=count)
+    assert response.status_code == 206 and "content-range" not in response.headers
+    assert response.headers["preference-applied"] == "count=exact"
+    assert len(response.json()) == 20
+
+
+def test_default_status_open_is_unread_outside_columns(
+    sandbox: Sandbox, sandbox_client: httpx.Client
+) -> None:
+    """default_status_open adds status to the body, which a ?columns= without status ignores."""
+    sandbox.configure(default_status_open=True)
+    row = next(row for row in sandbox.rows() if row["status"] == "closed")
+    params = {"id": f"eq.{row['id']}"}
+    sandbox_client.patch(
+        "/conversation",
+        params={**params, "columns": "inbox_id"},
+        json={"inbox_id": row["inbox_id"]},
+    )
+    assert sandbox.row(row["id"])["status"] == "closed"  # type: ignore[index]
+    sandbox_client.patch(
+        "/conversation",
+        params={**params, "columns": "inbox_id,status"},
+        json={"inbox_id": row["inbox_id"]},
+    )
+    assert sandbox.row(row["id"])["status"] == "open"  # type: ignore[index]

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from pipeline.sandbox import schema
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.errors import ApiError, gateway_page
-from pipeline.sandbox.query import has_id_guard, parse_query, project, sort_rows
+from pipeline.sandbox.query import ID_ORDER, has_id_guard, parse_query, project, sort_rows
 from pipeline.sandbox.state import SandboxState
 
 Scope = MutableMapping[str, Any]
@@ -50,19 +50,28 @@ _BAD_RETRY_AFTERS = {
 
 
 class _Response:
-    __slots__ = ("status", "headers", "body", "ids_updated")
+    __slots__ = ("status", "headers", "body")
 
-    def __init__(
-        self,
-        status: int,
-        headers: list[Header],
-        body: bytes | None,
-        ids_updated: list[str] | None = None,
-    ) -> None:
+    def __init__(self, status: int, headers: list[Header], body: bytes | None) -> None:
         self.status = status
         self.headers = headers
         self.body = body
-        self.ids_updated = ids_updated or []
+
+
+class _Write:
+    """What one request did to the table, for the request log; a PATCH fills it in as it runs.
+
+    Kept apart from the answer because some answers (a cut-off, an injected 503 after the
+    commit) are sent in place of the one the update produced, and the log must still name the
+    rows that changed.
+    """
+
+    __slots__ = ("ids_matched", "ids_updated", "committed")
+
+    def __init__(self) -> None:
+        self.ids_matched: list[str] = []
+        self.ids_updated: list[str] = []
+        self.committed = False
 
 
 class _Disconnected(Exception):
@@ -83,6 +92,11 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _row_order_rng(fault_seed: int) -> random.Random:
+    # A generator of its own: shuffling reads must not shift the fault draws of a given seed.
+    return random.Random(f"row-order:{fault_seed}")
+
+
 class SandboxApp:
     """The sandbox's ASGI callable; `configure()` changes its switches while it serves."""
 
@@ -90,6 +104,7 @@ class SandboxApp:
         self.config = config
         self.state = state
         self._rng = random.Random(config.fault_seed)
+        self._row_order_rng = _row_order_rng(config.fault_seed)
         self._wakeup: asyncio.Event | None = None
         self._closing = False
         self._generation = 0
@@ -110,12 +125,14 @@ class SandboxApp:
         self.config = config
         if config.fault_seed != previous.fault_seed:
             self._rng = random.Random(config.fault_seed)
+            self._row_order_rng = _row_order_rng(config.fault_seed)
         self.state.configure_limits(config)
         self.state.set_redaction(config.token)
 
     def restart_faults(self) -> None:
-        """Draw faults from the start of the seeded sequence again."""
+        """Draw faults, and the order of unordered reads, from the start of the seed again."""
         self._rng = random.Random(self.config.fault_seed)
+        self._row_order_rng = _row_order_rng(self.config.fault_seed)
         self._bad_retry_afters = 0
 
     def start_new_generation(self) -> None:
@@ -179,16 +196,18 @@ class SandboxApp:
         target_length = len(raw_path) + (len(query_string) + 1 if query_string else 0)
         state.record_arrival(method, arrived)
         fault: str | None = None
-        dropped = False
+        write = _Write()
         response = _Response(500, [], None)
         try:
             if config.max_url_length is not None and target_length > config.max_url_length:
                 # nginx refuses the request line before the gateway ever counts it.
                 response = _Response(414, [(b"content-type", _HTML)], gateway_page(414))
             else:
-                response, fault = await self._gateway(scope, receive, config, arrived, method)
+                response, fault = await self._gateway(
+                    scope, receive, config, arrived, method, write
+                )
                 if fault == "drop":
-                    dropped = True
+                    response = _cut_short(response)
                     await _send_partial(send, response)
                     return
                 if fault == "endless":
@@ -200,21 +219,28 @@ class SandboxApp:
         finally:
             state.record_answer(response.status)
             if state.logging_requests:
-                target = scope["path"] + (
-                    "?" + query_string.decode("latin-1") if query_string else ""
-                )
                 state.log_request(
                     method=method,
-                    target=target,
+                    path=raw_path.decode("latin-1"),
+                    query=query_string.decode("latin-1"),
                     status=response.status,
-                    ids_updated=response.ids_updated,
+                    arrived=arrived,
                     duration=state.clock() - arrived,
-                    fault=fault if not dropped else "drop",
+                    ids_matched=write.ids_matched,
+                    ids_updated=write.ids_updated,
+                    committed=write.committed,
+                    fault=fault,
                 )
         await _send(send, response.status, response.headers, response.body)
 
     async def _gateway(
-        self, scope: Scope, receive: Receive, config: SandboxConfig, arrived: float, method: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        config: SandboxConfig,
+        arrived: float,
+        method: str,
+        write: _Write,
     ) -> tuple[_Response, str | None]:
         state = self.state
         style = config.error_body
@@ -253,18 +279,16 @@ class SandboxApp:
             if self._generation != generation:
                 return _reset_response(config), "reset"
             if config.cutoff_commits:
-                self._handle(scope, method, body, config)
+                self._handle(scope, method, body, config, write)
             state.record_fault("cutoff")
             return _cutoff_response(config, limit_headers), "cutoff"
         await self._sleep(delay)
         if self._generation != generation:
             return _reset_response(config), "reset"
-        response = self._handle(scope, method, body, config)
+        response = self._handle(scope, method, body, config, write)
         response.headers.extend(limit_headers)
         if fault == "applied_503":
-            answer = _fault_response("503", config, limit_headers)
-            answer.ids_updated = response.ids_updated
-            return answer, fault
+            return _fault_response("503", config, limit_headers), fault
         if fault == "foreign_rows" and response.status in (200, 204):
             self._add_foreign_row(scope, response)
         return response, fault
@@ -421,7 +445,9 @@ class SandboxApp:
         finally:
             hung_up.cancel()
 
-    def _handle(self, scope: Scope, method: str, body: bytes, config: SandboxConfig) -> _Response:
+    def _handle(
+        self, scope: Scope, method: str, body: bytes, config: SandboxConfig, write: _Write
+    ) -> _Response:
         """PostgREST's part: everything after the gateway let the request through."""
         style = config.error_body
         path = scope["path"]
@@ -435,7 +461,7 @@ class SandboxApp:
             )
         try:
             if method == "PATCH":
-                return self._patch(scope, body, config)
+                return self._patch(scope, body, config, write)
             if method in ("GET", "HEAD"):
                 response = self._get(scope, config)
                 if method == "HEAD":
@@ -452,7 +478,7 @@ class SandboxApp:
 
     # --- PATCH ---------------------------------------------------------------------------
 
-    def _patch(self, scope: Scope, body: bytes, config: SandboxConfig) -> _Response:
+    def _patch(self, scope: Scope, body: bytes, config: SandboxConfig, write: _Write) -> _Response:
         state = self.state
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         if not has_id_guard(pairs):
@@ -468,9 +494,12 @@ class SandboxApp:
         query = parse_query(pairs, default_order=False)
         prefer = _Preferences(scope["headers"], config)
         single = config.force_single_object or _wants_object(scope["headers"])
-        changes = _parse_changes(body, config)
+        changes = _parse_changes(
+            body, config, query.columns, missing_default=prefer.missing_default
+        )
         with state.lock:
             matched = state.match(query) if changes else []
+            write.ids_matched = [row["id"] for row in matched]
             if matched:
                 _check_foreign_keys(changes, state.inbox_ids, state.agent_ids)
             count = len(matched)
@@ -502,13 +531,15 @@ class SandboxApp:
                 "No conversation matched the filters",
                 details="The result contains 0 rows",
             )
-        headers = prefer.applied_headers()
+        write.ids_updated = ids
+        write.committed = True
+        headers = prefer.applied_headers(write=True)
         if not config.drop_content_range:
             total = str(count) if prefer.count_exact else "*"
             span = f"0-{count - 1}/{total}" if count else f"*/{total}"
             headers.append((b"content-range", span.encode()))
         if not wants_body:
-            return _Response(204, headers, None, ids)
+            return _Response(204, headers, None)
         payload: Any
         if single:
             payload = shaped[0]
@@ -524,13 +555,13 @@ class SandboxApp:
             else _JSON
         )
         headers.append((b"content-type", content_type))
-        return _Response(200, headers, _dumps(payload), ids)
+        return _Response(200, headers, _dumps(payload))
 
     # --- GET -----------------------------------------------------------------------------
 
     def _get(self, scope: Scope, config: SandboxConfig) -> _Response:
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-        query = parse_query(pairs)
+        query = parse_query(pairs, default_order=False)
         prefer = _Preferences(scope["headers"], config)
         single = config.force_single_object or _wants_object(scope["headers"])
         start = query.offset
@@ -547,12 +578,17 @@ class SandboxApp:
         with self.state.lock:
             matched = self.state.match(query)
             total = len(matched)
-            ordered = (
-                sort_rows(matched, query.order)
-                if query.order != (("id", False, False),)
-                else matched
-            )
-            page = [project(row, query.select) for row in ordered[start:stop]]
+            if not query.order:
+                # Without ?order= PostgREST adds no ORDER BY, and PostgreSQL then promises no
+                # order: each read gets an order of its own, so a client paging by offset
+                # without order=id skips and repeats rows here as it can in production. The
+                # first `stop` rows of a random order are a sample of that many, drawn in order.
+                chosen = self._row_order_rng.sample(matched, min(stop, total))[start:]
+            elif query.order == ID_ORDER:
+                chosen = matched[start:stop]
+            else:
+                chosen = sort_rows(matched, query.order)[start:stop]
+            page = [project(row, query.select) for row in chosen]
         if single and len(page) != 1:
             raise ApiError(
                 406,
@@ -624,13 +660,22 @@ class SandboxApp:
 class _Preferences:
     """The Prefer header as PostgREST reads it (or as if absent, when the proxy drops it)."""
 
-    __slots__ = ("representation", "minimal", "count_exact", "strict", "max_affected")
+    __slots__ = (
+        "representation",
+        "minimal",
+        "count_exact",
+        "strict",
+        "max_affected",
+        "missing",
+    )
 
     def __init__(self, headers: list[Header], config: SandboxConfig) -> None:
         self.representation = False
         self.minimal = False
         self.count_exact = False
         self.strict = False
+        #: How a PATCH with ?columns= fills a named column its body lacks: "null" or "default".
+        self.missing: str | None = None
         self.max_affected: int | None = None
         if config.drop_prefer:
             return
@@ -652,6 +697,8 @@ class _Preferences:
                 self.count_exact = True
             elif token == "handling=strict":
                 self.strict = True
+            elif token in ("missing=default", "missing=null"):
+                self.missing = token[8:]
             elif token.startswith("max-affected=") and token[13:].isdigit():
                 max_affected = int(token[13:])
             elif token in (
@@ -659,8 +706,6 @@ class _Preferences:
                 "return=headers-only",
                 "count=planned",
                 "count=estimated",
-                "missing=default",
-                "missing=null",
                 "tx=commit",
                 "tx=rollback",
             ):
@@ -678,8 +723,15 @@ class _Preferences:
             # max-affected only binds together with handling=strict (PostgREST >= 12.2).
             self.max_affected = max_affected
 
-    def applied_headers(self) -> list[Header]:
+    @property
+    def missing_default(self) -> bool:
+        return self.missing == "default"
+
+    def applied_headers(self, *, write: bool = False) -> list[Header]:
         applied = []
+        if write and self.missing is not None:
+            # PostgREST names the applied missing= before return=, and only on a write.
+            applied.append(f"missing={self.missing}")
         if self.representation:
             applied.append("return=representation")
         elif self.minimal:
@@ -741,8 +793,20 @@ def _parse_range(value: bytes) -> tuple[int, int | None]:
     return start, (int(last) + 1 if last else None)
 
 
-def _parse_changes(body: bytes, config: SandboxConfig) -> dict[str, Any]:
-    """The columns a PATCH body sets, checked as PostgREST and PostgreSQL check them."""
+def _parse_changes(
+    body: bytes,
+    config: SandboxConfig,
+    columns: tuple[str, ...] | None = None,
+    *,
+    missing_default: bool = False,
+) -> dict[str, Any]:
+    """The columns a PATCH sets, checked as PostgREST and PostgreSQL check them.
+
+    Without `columns` the body's keys are the columns set. With `?columns=` those names are:
+    PostgREST reads only them from the body (json_to_recordset), so other keys are ignored
+    unchecked, and a named column the body lacks is set to NULL, or to its default with
+    `Prefer: missing=default`.
+    """
     try:
         document = json.loads(body) if body.strip() else None
     except ValueError:
@@ -754,16 +818,23 @@ def _parse_changes(body: bytes, config: SandboxConfig) -> dict[str, Any]:
             "Empty or invalid json",
             hint='Send a JSON object such as {"status": "closed"}.',
         )
-    for key in document:
+    if config.default_status_open and "status" not in document:
+        # The proxy adds the key to the body; with ?columns= PostgREST may still ignore it.
+        document["status"] = schema.WRITABLE_DEFAULTS["status"]
+    for key in document if columns is None else columns:
         if key not in schema.WRITABLE_COLUMNS:
             raise ApiError(
                 400,
                 "PGRST204",
                 f"Could not find the '{key}' column of '{schema.TABLE}' in the schema cache",
             )
+    if columns is not None:
+        default = schema.WRITABLE_DEFAULTS if missing_default else {}
+        document = {
+            column: document[column] if column in document else default.get(column)
+            for column in columns
+        }
     changes: dict[str, Any] = {}
-    if config.default_status_open and "status" not in document:
-        changes["status"] = "open"
     for key, value in document.items():
         if value is None:
             if key in schema.NOT_NULL_COLUMNS:
@@ -874,19 +945,23 @@ async def _send(send: Send, status: int, headers: list[Header], body: bytes | No
     await send({"type": "http.response.body", "body": body or b""})
 
 
-async def _send_partial(send: Send, response: _Response) -> None:
-    """Start the answer, send part of its body, then give up: the client sees a broken read.
+def _cut_short(response: _Response) -> _Response:
+    """The answer a dropped connection starts, with a body to break off half way.
 
-    An answer without a body (204) is sent as a 200 announcing a body it never finishes.
+    An answer without a body (204) becomes a 200 announcing one.
     """
     body = response.body
-    status = response.status
-    headers = response.headers
-    if not body or len(body) < 2:
-        status, body = 200, b'[{"id":"' + b" " * 64
-        headers = [h for h in headers if h[0] != b"content-type"]
-        headers.append((b"content-type", _JSON))
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if body and len(body) >= 2:
+        return response
+    headers = [h for h in response.headers if h[0] != b"content-type"]
+    headers.append((b"content-type", _JSON))
+    return _Response(200, headers, b'[{"id":"' + b" " * 64)
+
+
+async def _send_partial(send: Send, response: _Response) -> None:
+    """Start the answer, send half its body, then give up: the client sees a broken read."""
+    body = response.body or b""
+    headers = [*response.headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
     # Returning now leaves the response incomplete; uvicorn closes the connection.

@@ -41,6 +41,11 @@ _SQL_OPERATORS = {
     "ilike": "~~*",
 }
 _NESTED_LOGIC = re.compile(r"^(not\.)?(or|and)\((.*)\)$", re.DOTALL)
+#: A name in ?columns= as PostgREST's parser takes it: letters, digits, `_`, `$` and spaces,
+#: parts joined by `-`; or anything but a double quote inside double quotes.
+_COLUMN_NAME = re.compile(r'"([^"]+)"|([\w $]+(?:-[\w $]+)*)')
+#: `order=id`: the order `SandboxState.match` already returns rows in.
+ID_ORDER: tuple[tuple[str, bool, bool], ...] = (("id", False, False),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +57,12 @@ class Query:
     id_candidates: frozenset[str] | None
     select: tuple[tuple[str, str], ...] | None
     has_select: bool
+    #: Empty when the query string has no `order`: then PostgreSQL promises no order at all.
     order: tuple[tuple[str, bool, bool], ...]
     limit: int | None
     offset: int
+    #: The names of `?columns=`, in their order, without repeats; None without the parameter.
+    columns: tuple[str, ...] | None = None
 
 
 def has_id_guard(pairs: Iterable[tuple[str, str]]) -> bool:
@@ -78,11 +86,14 @@ def parse_query(pairs: Sequence[tuple[str, str]], *, default_order: bool = True)
     id_candidates: frozenset[str] | None = None
     select: tuple[tuple[str, str], ...] | None = None
     has_select = False
-    order: tuple[tuple[str, bool, bool], ...] = (("id", False, False),) if default_order else ()
+    order: tuple[tuple[str, bool, bool], ...] = ID_ORDER if default_order else ()
     limit: int | None = None
     offset = 0
+    columns: tuple[str, ...] | None = None
     for key, value in pairs:
-        if key == "select":
+        if key == "columns":
+            columns = _parse_columns(value)
+        elif key == "select":
             has_select = True
             select = _parse_select(value)
         elif key == "order":
@@ -110,7 +121,7 @@ def parse_query(pairs: Sequence[tuple[str, str]], *, default_order: bool = True)
         condition = filters[0]
     else:
         condition = _logic("and", filters)
-    return Query(condition, id_candidates, select, has_select, order, limit, offset)
+    return Query(condition, id_candidates, select, has_select, order, limit, offset, columns)
 
 
 # --- Filters -----------------------------------------------------------------------------------
@@ -454,6 +465,22 @@ def _parse_order(value: str) -> tuple[tuple[str, bool, bool], ...]:
             raise schema.undefined_column(column)
         terms.append((column, descending, descending if nulls_first is None else nulls_first))
     return tuple(terms)
+
+
+def _parse_columns(value: str) -> tuple[str, ...]:
+    """The names of `?columns=`, parsed only: whether each is a column is the write's to say.
+
+    The names form a set in PostgREST, so a repeated name counts once.
+    """
+    names: list[str] = []
+    for item in value.split(","):
+        found = _COLUMN_NAME.fullmatch(item.strip())
+        if found is None:
+            raise _parse_error(value, "columns parameter")
+        name = found.group(1) or found.group(2).strip()
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _parse_count(name: str, value: str) -> int:

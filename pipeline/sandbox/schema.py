@@ -57,6 +57,8 @@ ENUM_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 #: What a PATCH body may set, as Mateo documents it.
 WRITABLE_COLUMNS: tuple[str, ...] = ("inbox_id", "assignee_id", "status")
+#: Column defaults of the writable columns; the others have none, so their default is NULL.
+WRITABLE_DEFAULTS: dict[str, str] = {"status": "open"}
 NOT_NULL_COLUMNS = frozenset(
     {
         "id",

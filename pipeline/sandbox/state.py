@@ -2,12 +2,40 @@
 
 The server thread writes and a test thread reads, so every access goes through one lock; the
 server does its work for one request under the lock without awaiting, so a PATCH is atomic.
+
+The request log (`--request-log`, `running_sandbox(request_log=...)`) is evidence a checker can
+read afterwards: one JSON object per line for every request to /api, refused and faulted ones
+included, written when the request is answered (so lines are in order of answering; sort by
+`arrived` for the order of arrival). Each line has every one of these keys:
+
+- `time`: wall-clock time of the answer, ISO 8601 in UTC.
+- `arrived`: the server's monotonic clock on arrival, in seconds (the clock the rate limit and
+  the 1-second window use; only differences between entries mean anything).
+- `duration_ms`: from arrival to answer, in milliseconds.
+- `method`: the HTTP method.
+- `path`: the request target: the path as sent and, after `?`, the query string (kept in this
+  form so that `urllib.parse.urlsplit(entry["path"])` gives both).
+- `query`: the query string exactly as received, still percent-encoded ("" when none).
+- `status`: the HTTP status answered; 499 when the client hung up first, and for a dropped
+  connection the status that was started before the body broke off.
+- `ids_matched`: the ids of the rows a PATCH's filters selected, also when it was then rolled
+  back; empty for reads and for PATCHes refused before reaching the table.
+- `ids_updated`: the ids of the rows the request changed, in id order: non-empty only when
+  `committed` is true. A committed PATCH can still have been answered with an error (a cut-off,
+  an injected 503, a dropped connection); these are the rows that changed all the same.
+- `committed`: whether a PATCH's UPDATE ran and was kept (true also when it matched no row);
+  false for reads and for every PATCH that was refused, rolled back or never carried out.
+- `fault`, only when one was injected: its kind (`500`, `drop`, `cutoff`, `reset`, ...).
+
+Nothing of the Authorization header is written, and the token is replaced by `[redacted]` if a
+client puts it in the URL: the only way `path` and `query` ever differ from what was received.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,7 +86,7 @@ class SandboxState:
         self._quota = DailyQuota(None, clock())
         self._limit_settings: tuple[float | None, int, int | None] | None = None
         self._log: IO[str] | None = None
-        self._redact: str | None = None
+        self._redact: re.Pattern[str] | None = None
         self.load_rows(dataset.rows)
         self.reset_stats()
         if request_log is not None:
@@ -244,15 +272,17 @@ class SandboxState:
     # --- request log -----------------------------------------------------------------------
 
     def open_request_log(self, path: str | Path, *, redact: str | None = None) -> None:
+        """Append the log to `path`; `redact` is the token, unless the app has already set it."""
         with self.lock:
             self.close_request_log()
             self._log = Path(path).open("a", encoding="utf-8", buffering=1)
-            self._redact = redact
+            if redact is not None:
+                self._redact = _spellings_of(redact)
 
     def set_redaction(self, token: str) -> None:
         """The token to blank out if a client ever puts it in a URL."""
         with self.lock:
-            self._redact = token
+            self._redact = _spellings_of(token)
 
     def close_request_log(self) -> None:
         with self.lock:
@@ -268,22 +298,29 @@ class SandboxState:
         self,
         *,
         method: str,
-        target: str,
+        path: str,
+        query: str,
         status: int,
-        ids_updated: list[str],
+        arrived: float,
         duration: float,
+        ids_matched: list[str],
+        ids_updated: list[str],
+        committed: bool,
         fault: str | None,
     ) -> None:
-        """One JSON line per request; never the Authorization header, never the token."""
-        if self._redact:
-            target = target.replace(self._redact, "[redacted]")
+        """One JSON line per request (the fields are in the module's docstring); never the token."""
+        path, query = self._redacted(path), self._redacted(query)
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(),
-            "method": method,
-            "path": target,
-            "status": status,
-            "ids_updated": ids_updated,
+            "arrived": arrived,
             "duration_ms": round(duration * 1000, 3),
+            "method": method,
+            "path": path + ("?" + query if query else ""),
+            "query": query,
+            "status": status,
+            "ids_matched": ids_matched,
+            "ids_updated": ids_updated,
+            "committed": committed,
         }
         if fault:
             entry["fault"] = fault
@@ -291,6 +328,22 @@ class SandboxState:
         with self.lock:
             if self._log is not None:
                 self._log.write(line + "\n")
+
+    def _redacted(self, text: str) -> str:
+        return text if self._redact is None else self._redact.sub("[redacted]", text)
+
+
+def _spellings_of(token: str | None) -> re.Pattern[str] | None:
+    """A pattern for the token as it may stand in a URL: any of its characters percent-encoded
+    (in either case of hex digit), a space also as `+`."""
+    if not token:
+        return None
+    parts = []
+    for char in token:
+        encoded = "".join(f"%{byte:02x}" for byte in char.encode())
+        choices = [re.escape(char), re.escape(encoded)] + ([r"\+"] if char == " " else [])
+        parts.append("(?:" + "|".join(choices) + ")")
+    return re.compile("".join(parts), re.IGNORECASE)
 
 
 def _copy_row(row: Mapping[str, Any]) -> Row:
