@@ -1,8 +1,9 @@
 """What the benchmarks share: a sandbox in a subprocess, pinned child runs, tables, results.
 
-Method (shared/research/client-baselines.md): the server runs on one core and every client on
+Method (bench/README.md, "How it measures"): the server runs on one core and every client on
 the other, so a client's speed is never its own server's loss; figures that compare clients are
-taken side by side in one session, in alternating order, and reported as medians.
+taken side by side in one session, in alternating order, and reported as medians, because the
+same run differs by several percent from one session to the next.
 """
 
 from __future__ import annotations
