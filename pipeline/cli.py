@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import __version__
-from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS
+from pipeline.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL, TRANSPORTS
 from pipeline.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
 from pipeline.quota import DEFAULT_DAILY_QUOTA
 from pipeline.runner import RunSettings, RunSummary, export_report, resume, run, run_status
 from pipeline.validate import parse_fixed_values
 
 TOKEN_VARIABLE = "MATEO_API_TOKEN"
-BASE_URL_VARIABLE = "MATEO_BASE_URL"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -508,11 +507,7 @@ def _job_command(args: argparse.Namespace) -> int:
     events = JsonEvents() if args.log_format == "json" else None
     try:
         spec = load_job(args.job_file)
-        flags = {
-            name: value
-            for name, value in vars(args).items()
-            if value is not _NOT_GIVEN and not (name in ("map", "set") and value is None)
-        }
+        flags = job_flags(args)
         if events is None and job_options(spec, flags)["log_format"] == "json":
             events = JsonEvents()
         return _run_job(args, spec, flags, events)
@@ -521,6 +516,18 @@ def _job_command(args: argparse.Namespace) -> int:
             raise
         events.stop(error, exit_code=error.exit_code)
         return error.exit_code
+
+
+def job_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given to `job`, by option name, as `plan_job` takes them."""
+    flags = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not _NOT_GIVEN and not (name in ("map", "set") and value is None)
+    }
+    if "rate" in flags and flags["rate"] is None:
+        flags["rate"] = "unlimited"  # --rate unlimited; to plan_job, None means "not given"
+    return flags
 
 
 def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events: Any | None) -> int:

@@ -1,9 +1,14 @@
 """The HTTP client for Mateo's conversation endpoint: builds requests, reads every answer shape.
 
 Mateo is PostgREST behind a proxy of its own, and several of its answers are not documented
-(`shared/api-notes.md`, "Not known"). This module accepts all of them: a JSON array, a single
+(`docs/api.md`, "What is not known"). This module accepts all of them: a JSON array, a single
 object, 204 with no body, `[]` and 404 for "matched nothing"; anything else becomes an error
 of the right class (transient, permanent, auth) for the retry policy.
+
+Every request leaves through `exchange`, whose last step checks a PATCH as it will go on the
+wire: exactly one `id` filter, naming exactly the ids the caller meant. A good value in a bad
+URL (a `#` in the base URL swallows the query) is still a bad request, and on the real API an
+unfiltered PATCH changes every conversation of the account.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import anyio
 import httpx
@@ -28,13 +34,18 @@ from pipeline.errors import (
     ConnectionSetupError,
     InputError,
     PermanentError,
+    SafetyError,
     TransientError,
 )
 from pipeline.models import FIELDS, NO_GUARD, Change, ConversationIds, Guard, normalise_uuid
 
 DEFAULT_BASE_URL = "https://integration.getmateo.com/api/v1"
+#: The environment variable that points every command and the Python API at another base URL.
+BASE_URL_VARIABLE = "MATEO_BASE_URL"
 #: The columns we ask back: enough to confirm each row and compare it with its target.
 SELECT = "id," + ",".join(FIELDS)
+#: Reads ask for the total of matching rows, so that a short page is known to be short.
+_COUNT = {"Prefer": "count=exact"}
 #: A group of at most a few hundred rows answers in a few KB; anything far larger is not an
 #: answer to our request, and reading it whole would let a broken server exhaust our memory.
 MAX_RESPONSE_BYTES = 1_000_000
@@ -58,25 +69,77 @@ class Answer:
     #: `ratelimit-remaining` and `ratelimit-reset` (seconds), when the server sends them.
     ratelimit_remaining: int | None = None
     ratelimit_reset: float | None = None
+    #: The rows matching the request in all, from `Content-Range: 0-19/130` (`Prefer:
+    #: count=exact`), when the server sent a total: a read with fewer rows has more pages.
+    content_range_total: int | None = None
 
 
 def check_base_url(base_url: str) -> str:
     """Return the base URL without a trailing slash, or raise InputError.
 
     Plain http would send the token in clear text, so it is allowed for loopback hosts only.
+    A query or a fragment would change what the filters appended to the URL mean (after a `#`
+    nothing is sent at all: the PATCH would go out without its id filter), user info would
+    send a second credential, and a path already ending in /conversation would be doubled.
     """
+    for mark, what in (("#", "a fragment (#)"), ("?", "a query (?)")):
+        if mark in base_url:
+            raise InputError(
+                f"--base-url {base_url!r} holds {what}; give the API's base URL only, "
+                "e.g. https://integration.getmateo.com/api/v1"
+            )
     try:
         url = httpx.URL(base_url)
     except (httpx.InvalidURL, TypeError) as error:
         raise InputError(f"--base-url {base_url!r} is not a URL: {error}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InputError(f"--base-url {base_url!r} must be an https:// URL with a host")
+    if url.userinfo:
+        raise InputError(
+            f"--base-url {_without_userinfo(url)!r} holds a user name or password; the API "
+            "takes the token only (MATEO_API_TOKEN or --token-file)"
+        )
+    if url.path.rstrip("/").lower().endswith("/conversation"):
+        raise InputError(
+            f"--base-url {base_url!r} already ends in /conversation; give the base URL, "
+            "e.g. https://integration.getmateo.com/api/v1"
+        )
     if url.scheme == "http" and not _is_loopback(url.host):
         raise InputError(
             f"--base-url {base_url!r} uses plain http, which would send the API token in clear "
             "text; use https:// (http:// is allowed for 127.0.0.1 and localhost only)"
         )
     return str(url).rstrip("/")
+
+
+def _without_userinfo(url: httpx.URL) -> str:
+    # The password must not reach the terminal, a log or a report.
+    return str(url.copy_with(username=None, password=None))
+
+
+def check_patch_target(request: httpx.Request, ids: ConversationIds | None) -> None:
+    """Raise SafetyError unless `request`, as it will be sent, PATCHes exactly `ids`.
+
+    The URL is checked as httpx will put it on the wire: the path must end in /conversation and
+    the query must hold exactly one `id` parameter, equal to `ids`' filter. Any other parameter
+    is a guard or `select`, which can only narrow what the id filter selects.
+    """
+    if request.method != "PATCH":
+        return
+    url = request.url
+    path, _, query = url.raw_path.decode("ascii", "replace").partition("?")
+    id_filters = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "id"]
+    problem = None
+    if ids is None:
+        problem = "no ids were named for it"
+    elif url.fragment or not path.endswith("/conversation"):
+        problem = "its URL is not the conversation endpoint"
+    elif len(id_filters) != 1:
+        problem = f"its URL carries {len(id_filters)} id filters, not exactly one"
+    elif id_filters[0] != ids.filter_value():
+        problem = "its id filter is not the ids of the group"
+    if problem is not None:
+        raise SafetyError(f"a PATCH was about to be sent unguarded ({problem}); nothing was sent")
 
 
 def _is_loopback(host: str) -> bool:
@@ -148,7 +211,7 @@ class MateoClient:
         # plain PostgREST (Prefer) or Mateo's docs (select).
         headers = {"Prefer": "return=representation", "Content-Type": "application/json"}
         content = json.dumps(change.body()).encode()
-        answer = await self._send("PATCH", url, headers=headers, content=content)
+        answer = await self._send("PATCH", url, headers=headers, content=content, ids=ids)
         if answer.rows is not None and answer.single_object and len(ids) > 1:
             # Mateo documents "the updated Conversation object": a proxy that answers one
             # object for a request of many names one row at most, so the rest are unknown.
@@ -156,11 +219,15 @@ class MateoClient:
         return answer
 
     async def read(self, ids: ConversationIds) -> Answer:
-        """GET the current values of `ids` (at most 50 per call, the API's page size)."""
+        """GET one page of the current values of `ids` (at most 50, the API's page size).
+
+        The answer may hold fewer rows than exist (a proxy may cap pages lower): the caller
+        pages on (see `request_path.read_rows`), helped by the total that `count=exact` asks for.
+        """
         if len(ids) > 50:
             raise ValueError("the API returns at most 50 rows per GET")
-        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&limit=50"
-        answer = await self._send("GET", url, headers={}, content=None)
+        url = f"{self._endpoint}?id={ids.filter_value()}&select={SELECT}&order=id.asc&limit=50"
+        answer = await self._send("GET", url, headers=_COUNT, content=None)
         if answer.single_object and len(ids) > 1:
             # One object cannot be the whole answer to a read of several ids.
             raise TransientError("the answer to a read of several rows is a single object")
@@ -179,22 +246,28 @@ class MateoClient:
             url += f"&id=gt.{normalise_uuid(after_id)}"
         # Guard.of refuses an `id` filter, so the filters cannot override the keyset.
         url += _guard_query(Guard.of(filters))
-        answer = await self._send("GET", url, headers={}, content=None)
+        answer = await self._send("GET", url, headers=_COUNT, content=None)
         return dataclasses.replace(answer, rows=answer.rows or [])
 
     async def _send(
-        self, method: str, url: str, *, headers: dict[str, str], content: bytes | None
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        content: bytes | None,
+        ids: ConversationIds | None = None,
     ) -> Answer:
         request = self._http.build_request(method, url, headers=headers, content=content)
         response, body = await exchange(
-            self._http, request, timeout=self._timeout, redact=self._redact
+            self._http, request, ids=ids, timeout=self._timeout, redact=self._redact
         )
         return self._interpret(method, response, body)
 
     def _interpret(self, method: str, response: httpx.Response, body: bytes) -> Answer:
         status = response.status_code
         if status in (200, 201, 206):
-            rows, single_object = _rows_from_body(body)
+            rows, single_object = _rows_from_body(body, may_have_applied=method == "PATCH")
             return Answer(
                 status,
                 rows,
@@ -202,13 +275,14 @@ class MateoClient:
                 tuple(rows or ()),
                 single_object,
                 *_ratelimit(response),
+                content_range_total=_content_range_total(response),
             )
         if status == 204:
             return Answer(
                 status, None, _content_range_count(response), (), False, *_ratelimit(response)
             )
-        code, message = _error_details(body)
-        message = self._redact(message or response.reason_phrase or f"HTTP {status}")
+        code, message = _error_details(body, self._redact)
+        message = message or response.reason_phrase or f"HTTP {status}"
         if status == 404 and method == "PATCH" and _means_no_match(code, body):
             # PostgREST before v10.1 answered a PATCH that matched nothing with 404.
             return Answer(status, [], None)
@@ -223,6 +297,9 @@ class MateoClient:
                 http_status=status,
                 code=code,
                 retry_after=_retry_after(response, rate_limited=status == 429),
+                # A 429 is refused before any work; a 5xx may come after a commit (a gateway
+                # that gave up while the database carried on).
+                may_have_applied=status >= 500 and method == "PATCH",
             )
         if 300 <= status < 400:
             location = self._redact(response.headers.get("location", "?"))
@@ -244,12 +321,18 @@ async def exchange(
     *,
     timeout: float,
     redact: Callable[[str], str],
+    ids: ConversationIds | None = None,
 ) -> tuple[httpx.Response, bytes]:
     """Send one request and read its whole answer, bounded in time and size.
 
-    Raises TransientError (timeout, connection problem, an answer too large) or
-    ConnectionSetupError (TLS), with the token removed from every message by `redact`.
+    A PATCH must name the `ids` it may touch, and is checked against them as it will go on the
+    wire (SafetyError, nothing sent). Raises TransientError (timeout, connection problem, an
+    answer too large or unreadable) or ConnectionSetupError (TLS), with the token removed from
+    every message by `redact` before it is shortened. No other exception of either transport
+    escapes: a broken answer is a failed request, never a crash.
     """
+    check_patch_target(request, ids)
+    writes = request.method == "PATCH"
     try:
         with anyio.fail_after(timeout):
             response = await http.send(request, stream=True)
@@ -258,18 +341,42 @@ async def exchange(
             finally:
                 await response.aclose()
     except TimeoutError:
-        raise TransientError(f"no complete answer within {timeout:g} s") from None
+        raise TransientError(
+            f"no complete answer within {timeout:g} s", may_have_applied=writes
+        ) from None
     except httpx.TimeoutException as error:
-        raise TransientError(redact(f"timed out: {error or type(error).__name__}")) from None
+        # A connect timeout means the request never left; any later one, it may have landed.
+        raise TransientError(
+            _shortened(redact(f"timed out: {error or type(error).__name__}")),
+            may_have_applied=writes and not isinstance(error, httpx.ConnectTimeout),
+        ) from None
     except httpx.TransportError as error:
         reason = str(error) or type(error).__name__
         if _is_tls_failure(error):
             # Never fall back to http: the token would travel in clear text.
             raise ConnectionSetupError(
-                redact(f"the TLS connection to the API failed: {reason}")
+                _shortened(redact(f"the TLS connection to the API failed: {reason}"))
             ) from None
-        raise TransientError(redact(f"connection problem: {reason}")) from None
+        raise TransientError(
+            _shortened(redact(f"connection problem: {reason}")),
+            may_have_applied=writes and not isinstance(error, httpx.ConnectError),
+        ) from None
+    except (TransientError, anyio.get_cancelled_exc_class()):
+        raise
+    except Exception as error:  # noqa: BLE001 - the transport boundary: see the docstring
+        # httpx.DecodingError, aiohttp's own errors (a header over 8 KB), h11's protocol errors:
+        # whatever a broken server provokes in either transport is an answer we cannot read.
+        reason = str(error) or type(error).__name__
+        raise TransientError(
+            _shortened(redact(f"unreadable answer ({type(error).__name__}): {reason}")),
+            may_have_applied=writes,
+        ) from None
     return response, body
+
+
+def _shortened(text: str, limit: int = 500) -> str:
+    """Text cut to `limit` characters; always applied after redaction, never before."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _guard_query(guard: Guard) -> str:
@@ -300,17 +407,21 @@ async def _read_capped(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-def _rows_from_body(body: bytes) -> tuple[list[dict[str, Any]] | None, bool]:
+def _rows_from_body(
+    body: bytes, *, may_have_applied: bool
+) -> tuple[list[dict[str, Any]] | None, bool]:
     """The rows an answer names, and whether it was a bare object (Mateo's docs) not an array.
 
-    An empty body or JSON null names no rows: (None, False).
+    An empty body or JSON null names no rows: (None, False). A body we cannot read is a failed
+    attempt; after a 2xx PATCH it may have been applied all the same.
     """
     if not body.strip():
         return None, False
     try:
         data = json.loads(body)
-    except ValueError:
-        raise TransientError("the answer is not JSON") from None
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack.
+        raise TransientError("the answer is not JSON", may_have_applied=may_have_applied) from None
     if data is None:
         return None, False
     single_object = isinstance(data, dict)
@@ -319,8 +430,16 @@ def _rows_from_body(body: bytes) -> tuple[list[dict[str, Any]] | None, bool]:
     if not isinstance(data, list) or not all(
         isinstance(row, dict) and isinstance(row.get("id"), str) for row in data
     ):
-        raise TransientError("the answer is not a list of conversations")
+        raise TransientError(
+            "the answer is not a list of conversations", may_have_applied=may_have_applied
+        )
     return data, single_object
+
+
+def _content_range_total(response: httpx.Response) -> int | None:
+    """The total of `Content-Range: 0-19/130`, or None for `/*` or no header."""
+    total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
 
 
 def _content_range_count(response: httpx.Response) -> int | None:
@@ -338,20 +457,25 @@ def _content_range_count(response: httpx.Response) -> int | None:
         return None
 
 
-def _error_details(body: bytes) -> tuple[str | None, str | None]:
-    """The code and message of an error body; every key optional, HTML and garbage allowed."""
+def _error_details(body: bytes, redact: Callable[[str], str]) -> tuple[str | None, str | None]:
+    """The code and message of an error body; every key optional, HTML and garbage allowed.
+
+    The message is redacted before it is shortened: cut first, a token it echoes could be cut
+    in two and half of it would pass the redaction into the report.
+    """
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         text = body.decode("utf-8", "replace").strip()
         if text.lstrip().startswith("<"):
             return None, "an HTML error page"
-        return None, text[:200] or None
+        return None, _shortened(redact(text), 200) or None
     if not isinstance(data, dict):
         return None, None
     code = data.get("code")
     parts = [str(data[key]) for key in ("message", "details", "hint") if data.get(key)]
-    return (str(code) if code is not None else None), ("; ".join(parts)[:500] or None)
+    message = _shortened(redact("; ".join(parts))) or None
+    return (_shortened(redact(str(code)), 40) if code is not None else None), message
 
 
 def _means_no_match(code: str | None, body: bytes) -> bool:
@@ -398,8 +522,16 @@ def _parse_seconds(value: str) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            moment = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment.tzinfo is None:
+            # HTTP dates are in GMT; a "-0000" zone parses as naive, which .timestamp() would
+            # read in the machine's local time.
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            seconds = moment.timestamp() - time.time()
+        except (ValueError, OverflowError):
             return None
     if not math.isfinite(seconds):
         return None

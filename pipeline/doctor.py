@@ -1,6 +1,6 @@
 """`mateo-bulk doctor`: ask the account what Mateo's docs leave open, without changing anything.
 
-`shared/api-notes.md` lists what is not known about Mateo's proxy: the shape of a PATCH answer,
+`docs/api.md` lists what is not known about Mateo's proxy: the shape of a PATCH answer,
 whether `select` or `Prefer` bring a body, whether `id=in.(…)` is accepted and how long it may
 be, whether a single-object answer is forced, the rate-limit headers, the error body. The client
 copes with every answer; doctor finds out which one this account gives, so a user can check
@@ -29,15 +29,16 @@ from pipeline.account import account_fingerprint, state_dir
 from pipeline.client import (
     SELECT,
     _error_details,
+    _parse_seconds,
     _retry_after,
     check_base_url,
     exchange,
     make_transport,
 )
-from pipeline.errors import ConnectionSetupError, InputError, TransientError
+from pipeline.errors import ConnectionSetupError, InputError, RunStopped, TransientError
 from pipeline.models import ConversationIds
-from pipeline.pacer import Pacer
 from pipeline.quota import QuotaExhausted, QuotaLedger
+from pipeline.request_path import RequestPath, RunControl
 
 #: Doctor must stay cheap: it shares the account's 10,000 requests a day with real runs.
 MAX_REQUESTS = 19
@@ -76,6 +77,16 @@ class Observation:
     error_code: str | None = None
     #: The keys of a JSON error body, sorted.
     error_keys: tuple[str, ...] = ()
+
+    @property
+    def ratelimit_remaining(self) -> int | None:
+        value = self.headers.get("ratelimit-remaining", "")
+        return int(value) if value.strip().isdigit() else None
+
+    @property
+    def ratelimit_reset(self) -> float | None:
+        value = self.headers.get("ratelimit-reset")
+        return None if value is None else _parse_seconds(value)
 
     @property
     def has_body(self) -> bool:
@@ -169,7 +180,7 @@ async def diagnose(
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
         raise InputError("the API token holds characters an HTTP header cannot carry")
     ledger = QuotaLedger(token) if save else None
-    probe = _Probe(base_url, token, transport, Pacer(rate), max_wait, timeout, ledger)
+    probe = _Probe(base_url, token, transport, rate, max_wait, timeout, ledger)
     stopped: str | None = None
     try:
         async with probe:
@@ -254,17 +265,22 @@ class _Probe:
         base_url: str,
         token: str,
         transport: httpx.AsyncBaseTransport | None,
-        pacer: Pacer,
+        rate: float | None,
         max_wait: float,
         timeout: float,
         ledger: QuotaLedger | None = None,
     ) -> None:
         self._endpoint = base_url + "/conversation"
-        self._ledger = ledger
         self._token = token
-        self._pacer = pacer
-        self._max_wait = max_wait
         self._timeout = timeout
+        self._path = RequestPath(
+            None,
+            RunControl(),
+            rate=rate,
+            max_attempts=_ATTEMPTS,
+            ledger=ledger,
+            max_wait=max_wait,
+        )
         self._http = httpx.AsyncClient(
             transport=transport or make_transport("httpx", 1),
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
@@ -331,7 +347,7 @@ class _Probe:
         if prefer:
             headers["Prefer"] = "return=representation"
         return await self.send(
-            purpose, "PATCH", url, ids=count, headers=headers, content=json.dumps(body).encode()
+            purpose, "PATCH", url, ids=ids, headers=headers, content=json.dumps(body).encode()
         )
 
     async def send(
@@ -340,57 +356,60 @@ class _Probe:
         method: str,
         url: str,
         *,
-        ids: int = 0,
+        ids: ConversationIds | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
     ) -> Observation:
-        """Send one request; wait out 429s and retry 5xx and connection errors a few times."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        """Send one request through the request path: paced, budgeted, 429s and 5xx retried."""
+        last: list[Observation] = []
+
+        async def attempt() -> Observation:
             if self.requests >= MAX_REQUESTS:
                 raise _Stop(
                     f"{MAX_REQUESTS} requests spent, mostly on retries: the API is busy or "
                     "failing; run doctor again later"
                 )
-            if self._ledger is not None:
-                try:
-                    self._ledger.take()
-                except QuotaExhausted as error:
-                    raise _Stop(str(error)) from None
-            await self._pacer.wait()
             self.requests += 1
-            try:
-                observation = await self._exchange(purpose, method, url, ids, headers, content)
-            except TransientError as error:
-                if attempt == _ATTEMPTS:
-                    raise _Stop(f"no answer from the API: {error}") from None
-                self._pacer.hold(1.0)
-                continue
-            if observation.http_status == 429:
+            observation = await self._exchange(purpose, method, url, ids, headers, content)
+            status = observation.http_status
+            if status == 429:
                 self.rate_limited.append(observation)
-                wait = _retry_after_from(observation.headers)
-                if wait is not None and wait > self._max_wait:
-                    raise _Stop(
-                        f"rate limited: the API asks to wait {_duration(wait)} (is the day's "
-                        "quota spent?); run doctor again after that"
-                    )
-                if attempt == _ATTEMPTS:
-                    raise _Stop("rate limited on every attempt; run doctor again later")
-                self._pacer.slow_down(wait, 1.0)
-                continue
-            if observation.http_status >= 500 and attempt < _ATTEMPTS:
-                self._pacer.hold(_retry_after_from(observation.headers) or 1.0)
-                continue
-            self._pacer.succeeded()
-            self.observations.append(observation)
+            if status == 429 or status >= 500:
+                last[:] = [observation]
+                raise TransientError(
+                    f"answered {status}",
+                    http_status=status,
+                    retry_after=_retry_after_from(observation.headers),
+                )
             return observation
-        raise AssertionError("unreachable: the last attempt returns or stops")
+
+        try:
+            observation = await self._path.call(attempt)
+        except RunStopped as error:
+            reason = self._path.control.stop_reason or error
+            if isinstance(reason, QuotaExhausted) and reason.resets_at is None:
+                # The API's own limit (a long Retry-After, ratelimit-remaining: 0), not the
+                # budget this machine keeps.
+                raise _Stop(
+                    f"rate limited: {reason} (is the day's quota spent?); run doctor again "
+                    "after that"
+                ) from None
+            raise _Stop(str(reason)) from None
+        except TransientError as error:
+            if error.http_status == 429:
+                raise _Stop("rate limited on every attempt; run doctor again later") from None
+            if not last:
+                raise _Stop(f"no answer from the API: {error}") from None
+            observation = last[0]  # a 5xx on every attempt is an answer too: keep it
+        self.observations.append(observation)
+        return observation
 
     async def _exchange(
         self,
         purpose: str,
         method: str,
         url: str,
-        ids: int,
+        ids: ConversationIds | None,
         headers: Mapping[str, str] | None,
         content: bytes | None,
     ) -> Observation:
@@ -399,12 +418,13 @@ class _Probe:
             response, body = await exchange(
                 self._http,
                 request,
+                ids=ids,
                 timeout=self._timeout,
                 redact=lambda text: text.replace(self._token, "***"),
             )
         except ConnectionSetupError as error:
             raise _Stop(str(error)) from None
-        return _observe(purpose, method, ids, request, response, body)
+        return _observe(purpose, method, len(ids) if ids else 0, request, response, body)
 
 
 def _observe(
@@ -420,7 +440,7 @@ def _observe(
     code: str | None = None
     keys: tuple[str, ...] = ()
     if response.status_code >= 400:
-        code, _ = _error_details(body)
+        code, _ = _error_details(body, lambda text: text)
         try:
             parsed = json.loads(body)
         except ValueError:

@@ -42,7 +42,8 @@ class Interrupted(RunStopped):
 
 
 class SafetyError(MateoBulkError):
-    """The server answered for rows we did not ask for: stop everything and investigate."""
+    """The server answered for rows we did not ask for, or a request was about to leave without
+    its id filter: stop everything and investigate."""
 
     exit_code = 4
 
@@ -70,6 +71,20 @@ class RemoteError(MateoBulkError):
 
 class TransientError(RemoteError):
     """Worth another attempt: 429, 5xx, a timeout or a dropped connection."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        may_have_applied: bool = False,
+    ) -> None:
+        super().__init__(message, http_status=http_status, code=code, retry_after=retry_after)
+        #: The request reached the server and its answer was lost or broken: a PATCH may have
+        #: changed its rows all the same (a 5xx after a commit, a dropped connection, a timeout).
+        self.may_have_applied = may_have_applied
 
 
 class PermanentError(RemoteError):

@@ -449,9 +449,17 @@ def _fixed_values(table: dict[str, Any], locator: _Locator) -> dict[str, str | N
 def job_options(spec: JobSpec, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every option's value: the flag if given, else the file's, else the default.
 
-    `flags` holds only the flags given on the command line, by option name.
+    `flags` holds the flags given on the command line (or by a Python caller), by option name.
+    None means "not given", never "unlimited": `plan_job(spec, {"rate": None})` keeps the job
+    file's reviewed rate. An unlimited rate is spelt as in the file: "unlimited".
     """
-    given = {name: value for name, value in (flags or {}).items() if name in OPTION_NAMES}
+    given = {
+        name: value
+        for name, value in (flags or {}).items()
+        if name in OPTION_NAMES and value is not None
+    }
+    if given.get("rate") == "unlimited":
+        given["rate"] = None
     return {**_DEFAULTS, **spec.options, **given}
 
 

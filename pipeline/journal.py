@@ -1,11 +1,13 @@
 """The run journal: a SQLite file in the run directory that makes a run durable and resumable.
 
-It holds the run's settings and the input's fingerprint, then one record per row once its
-outcome is known. Results are committed a batch at a time, before they count as done, in WAL
-mode with synchronous=NORMAL: a commit survives the process being killed (the OS has it), a
-power cut may lose the last few, and those rows are simply sent again on resume, which is safe
-because a PATCH sets absolute values. The report is exported from here, so a run resumed any
-number of times still has exactly one line per input row.
+It holds the run's settings and the input's fingerprint; an intent per row before its PATCH
+leaves (the row, its change and its before-values: a write-ahead log); then one record per row
+once its outcome is known. Intents are committed before the request is sent, results a batch
+at a time, before they count as done, in WAL mode with synchronous=NORMAL: a commit survives
+the process being killed (the OS has it). A row with an intent and no result was sent and may
+have been applied; resume judges it with the before-values of its intent, so a row the run
+changed is reported `updated` and can be undone even if its answer never arrived. The report
+is exported from here, so a run resumed any number of times has one line per input row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
-from pipeline.models import Change, Outcome, RowResult
+from pipeline.models import Change, Outcome, RowRequest, RowResult
 
 JOURNAL_NAME = "journal.sqlite"
 #: Outcomes that are final: a resumed run does not send these rows again.
@@ -48,6 +50,12 @@ CREATE TABLE IF NOT EXISTS results (
     change TEXT NOT NULL,
     returned TEXT,
     difference TEXT,
+    before TEXT
+);
+CREATE TABLE IF NOT EXISTS intents (
+    row INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    change TEXT NOT NULL,
     before TEXT
 );
 """
@@ -139,17 +147,54 @@ class Journal:
                 [_to_record(result) for result in results],
             )
 
+    def record_intents(self, rows: Iterable[RowRequest]) -> None:
+        """Make rows durable as sent, with their before-values, before their PATCH leaves.
+
+        An intent already recorded keeps its before-values: a row sent again after a resume
+        must still be undone to what it held before the run's first attempt.
+        """
+        with self._transaction():
+            self._connection.executemany(
+                "INSERT INTO intents VALUES (?, ?, ?, ?) ON CONFLICT(row) DO UPDATE SET "
+                "change = excluded.change, before = COALESCE(intents.before, excluded.before)",
+                [
+                    (
+                        row.row,
+                        row.conversation_id,
+                        json.dumps(row.change.values),
+                        None if row.before is None else json.dumps(row.before.values),
+                    )
+                    for row in rows
+                ],
+            )
+
+    def open_intents(self, first: int, last: int) -> dict[int, Change | None]:
+        """Rows in [first, last] sent by an earlier session whose outcome is still open.
+
+        Their PATCH may have been applied; the value is their before-values, when known.
+        """
+        rows = self._read_connection().execute(
+            "SELECT intents.row, intents.before FROM intents LEFT JOIN results "
+            "ON results.row = intents.row WHERE intents.row BETWEEN ? AND ? AND "
+            "(results.row IS NULL OR results.error_code = 'maybe_applied')",
+            (first, last),
+        )
+        return {row: None if before is None else _change(before) for row, before in rows}
+
+    def _read_connection(self) -> sqlite3.Connection:
+        # Called from the reading thread while the event loop records results: a connection
+        # of its own keeps the two from sharing one connection's transaction.
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        return self._reader
+
     def done_rows(self, first: int, last: int, *, retry_failed: bool = False) -> set[int]:
         """Rows in [first, last] that a resumed run must not send again."""
         final = {outcome.value for outcome in FINAL_OUTCOMES}
         if retry_failed:
             final.discard(Outcome.FAILED.value)
         placeholders = ",".join("?" * len(final))
-        # Called from the reading thread while the event loop records results: a connection
-        # of its own keeps the two from sharing one connection's transaction.
-        if self._reader is None:
-            self._reader = sqlite3.connect(self.path, check_same_thread=False)
-        rows = self._reader.execute(
+        rows = self._read_connection().execute(
             f"SELECT row FROM results WHERE row BETWEEN ? AND ? AND outcome IN ({placeholders})",
             (first, last, *final),
         )
@@ -168,6 +213,14 @@ class Journal:
             "SELECT COUNT(*) FROM results WHERE outcome = 'updated' AND difference IS NOT NULL"
         ).fetchone()
         return int(count)
+
+    def unasked_changes(self) -> tuple[int, str | None]:
+        """Updated rows where a field the run did not ask to change changed: count, example."""
+        count, example = self._connection.execute(
+            "SELECT COUNT(*), MIN(difference) FROM results WHERE outcome = 'updated' "
+            "AND difference LIKE '%not asked to change%'"
+        ).fetchone()
+        return int(count), example
 
     def results(self, outcomes: Iterable[Outcome] | None = None) -> Iterator[RowResult]:
         """Every recorded result in row order (optionally only some outcomes), streamed."""
@@ -229,7 +282,7 @@ def _from_record(record: tuple[Any, ...]) -> RowResult:
         row,
         conversation_id,
         Outcome(outcome),
-        change=Change(tuple(tuple(pair) for pair in json.loads(change))),
+        change=_change(change),
         http_status=status,
         attempts=attempts,
         error_code=code,
@@ -238,3 +291,7 @@ def _from_record(record: tuple[Any, ...]) -> RowResult:
         difference=diff,
         before=None if before is None else json.loads(before),
     )
+
+
+def _change(text: str) -> Change:
+    return Change(tuple(tuple(pair) for pair in json.loads(text)))

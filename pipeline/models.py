@@ -54,6 +54,14 @@ class Outcome(enum.StrEnum):
     PLANNED = "planned"
 
 
+#: error_code of a row whose PATCH may have changed it although no answer confirmed it (a lost
+#: answer, a stop before the read-back). Such a row is in the undo file, guarded by its target.
+MAYBE_APPLIED = "maybe_applied"
+#: error_code of a row that a 2xx PATCH without a guard should have changed, yet does not hold
+#: its target when read back: mateo-bulk cannot tell what happened, and says so.
+UNCONFIRMED = "unconfirmed"
+
+
 def normalise_uuid(text: str) -> str:
     """Return the canonical lower-case form of a uuid, or raise ValueError.
 
@@ -156,7 +164,9 @@ class Guard:
         )
 
     def __add__(self, other: Guard) -> Guard:
-        return Guard.of({**dict(self.filters), **dict(other.filters)})
+        # Both sets of filters, even on one column: PostgREST ANDs repeated parameters, so a
+        # run-wide guard never replaces a row's own guard on the same column.
+        return Guard(tuple(sorted(set(self.filters) | set(other.filters))))
 
     def __bool__(self) -> bool:
         return bool(self.filters)
@@ -177,8 +187,12 @@ class RowRequest:
     #: Values the row must still hold to be changed (an input's expect_* columns: an undo
     #: file expects the values the run set, so it never overwrites a later change).
     expected: Change = Change(())
-    #: The row's values of the changed fields as read before the change (the snapshot).
+    #: The row's values as read before the change (the snapshot: every field in FIELDS), or
+    #: as an earlier session's write-ahead intent recorded them.
     before: Change | None = None
+    #: An earlier session sent this row's PATCH and never journaled its result: it may have
+    #: been applied, so a row found at its target is this run's doing (`updated`).
+    maybe_applied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

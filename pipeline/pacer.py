@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -28,7 +29,11 @@ class Pacer:
     run it on a virtual clock.
     """
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(
+        self, rate: float | None, *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    ) -> None:
+        #: How the pacer waits: a run passes a sleep that a stop interrupts at once.
+        self._sleep = sleep
         self.ceiling = rate
         self.rate = rate
         self._last_start = -float("inf")
@@ -52,7 +57,7 @@ class Pacer:
                 ready_at = max(self._last_start + interval, self._resume_at)
                 if now >= ready_at:
                     break
-                await anyio.sleep(ready_at - now)
+                await self._sleep(ready_at - now)
             self._started(now)
 
     def _started(self, now: float) -> None:

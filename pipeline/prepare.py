@@ -50,6 +50,11 @@ class Validation:
         grouped = sum(-(-count // batch_size) for count in self.rows_per_change)
         return grouped + self.untracked_rows
 
+    def estimated_reads(self) -> int:
+        """GETs the snapshot costs: one per 50 valid rows (the API's page size)."""
+        valid = sum(self.rows_per_change) + self.untracked_rows
+        return -(-valid // 50)
+
     def problem(self) -> str | None:
         """Why --strict refuses this file, or None."""
         conflicts = len(self.duplicates.conflicting)

@@ -133,7 +133,16 @@ def plan_text(summary: RunSummary) -> str:
     requests = summary.estimated_requests
     rate = summary.rate
     line = f"plan: about {requests:,} requests"
-    if rate:
+    if summary.estimated_reads:
+        line += (
+            f" ({summary.estimated_reads:,} snapshot reads, "
+            f"{requests - summary.estimated_reads:,} PATCHes)"
+        )
+    quota = summary.daily_quota
+    if quota and requests > quota:
+        # The quota, not the rate, bounds a run this large.
+        line += f", {-(-requests // quota)} API days at {quota:,} requests a day"
+    elif rate:
         line += f", {_duration(requests / rate)} at {rate:g} requests/s"
     budget = summary.budget
     if budget is None:

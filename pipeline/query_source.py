@@ -21,16 +21,12 @@ import anyio
 import httpx
 
 from pipeline.client import MateoClient
-from pipeline.errors import PermanentError, TransientError
 from pipeline.models import CONVERSATION_COLUMNS, normalise_uuid
-from pipeline.pacer import Pacer
-from pipeline.retry import retrying
-from pipeline.runner import RunSettings
+from pipeline.request_path import RequestPath, RunControl
+from pipeline.settings import RunSettings
 
 OPERATORS: tuple[str, ...] = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
 _IS_VALUES = ("null", "not_null", "true", "false", "unknown")
-#: The API's page size: it never returns more than 50 rows per GET.
-PAGE_SIZE = 50
 IDS_FILE = "query-ids.csv"
 QUERY_FILE = "query.json"
 
@@ -149,17 +145,9 @@ async def select_ids(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     ids_path = run_dir / IDS_FILE
-    pacer = Pacer(settings.rate)
+    control = RunControl()
     ledger = settings.ledger()
-    requests = retries = 0
     ids: list[str] = []
-
-    def on_retry(error: TransientError) -> None:
-        nonlocal retries
-        retries += 1
-        if error.http_status == 429:
-            pacer.slow_down(error.retry_after)
-
     try:
         async with MateoClient(
             settings.base_url,
@@ -169,27 +157,23 @@ async def select_ids(
             transport=transport,
             transport_kind=settings.transport,
         ) as client:
-            after_id: str | None = None
-            while True:
-                async for attempt in retrying(settings.max_attempts, on_retry):
-                    with attempt:
-                        await pacer.wait()
-                        if ledger is not None:
-                            ledger.take()
-                        requests += 1
-                        answer = await client.query(query.resolved, after_id=after_id)
-                pacer.succeeded()
-                page = _page_ids(answer.rows or [], after_id)
-                ids += page
-                # The API returns at most PAGE_SIZE rows, and we ask for that many: a shorter
-                # page is the last. (Asking once more for an empty page would cost a request
-                # on every run, the common case being one short page.)
-                if len(page) < PAGE_SIZE:
-                    break
-                after_id = page[-1]
+            path = RequestPath(
+                client,
+                control,
+                rate=settings.rate,
+                max_attempts=settings.max_attempts,
+                ledger=ledger,
+                max_wait=settings.max_wait,
+                wait_for_reset=settings.wait,
+            )
+            async for rows in path.query_pages(query.resolved):
+                ids += [normalise_uuid(str(row["id"])) for row in rows]
+                if control.stop_reason is not None:
+                    raise control.stop_reason
     finally:
         if ledger is not None:
             ledger.close()
+    requests, retries = control.requests, control.retries
     if settings.rate:
         # The run's own pacer starts afresh: one interval's pause keeps the last GET and the
         # first PATCH from arriving as a burst.
@@ -198,27 +182,6 @@ async def select_ids(
     record = {**query.to_json(), "rows": len(ids), "requests": requests, "retries": retries}
     (run_dir / QUERY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return SelectedIds(query, ids_path, len(ids), requests, retries)
-
-
-def _page_ids(rows: list[dict[str, Any]], after_id: str | None) -> list[str]:
-    """The page's ids, checked to advance the keyset (else paging would never end)."""
-    ids = []
-    last = after_id
-    for row in rows:
-        try:
-            conversation_id = normalise_uuid(str(row.get("id")))
-        except ValueError:
-            raise PermanentError(
-                f"the query's answer holds a row without a uuid id: {row!r}"
-            ) from None
-        if last is not None and conversation_id <= last:
-            raise PermanentError(
-                "the query's answer is not in id order after the previous page; "
-                "the API ignored order=id.asc, so its pages cannot be read safely"
-            )
-        ids.append(conversation_id)
-        last = conversation_id
-    return ids
 
 
 def _write_ids(path: Path, ids: list[str]) -> None:

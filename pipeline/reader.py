@@ -141,6 +141,11 @@ class InputFile:
             self._temporary = False
             self.path.unlink(missing_ok=True)
 
+    def version(self) -> tuple[int, int, int]:
+        """Size, modification time and inode: changes whenever the file is rewritten."""
+        status = self.path.stat()
+        return status.st_size, status.st_mtime_ns, status.st_ino
+
     def fingerprint(self) -> Fingerprint:
         """The size and sha256 of the file's bytes, read in blocks."""
         digest = hashlib.sha256()

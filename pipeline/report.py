@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import InputError
-from pipeline.models import FIELDS, RowResult
+from pipeline.models import FIELDS, MAYBE_APPLIED, Outcome, RowResult, same_value
 
 #: Report columns, a contract other tools read; add new ones at the end.
 COLUMNS: tuple[str, ...] = (
@@ -239,7 +239,9 @@ def write_plan(results: Iterable[RowResult], path: Path) -> tuple[dict[str, int]
                 record[f"after_{name}"] = cell(target, name)
             writer.writerow(record)
             if decision == "change":
-                group = (result.change, tuple(sorted((before or {}).items())))
+                # apply guards each row by the before-values of the fields it changes only
+                guard = {name: (before or {}).get(name) for name in target}
+                group = (result.change, tuple(sorted(guard.items())))
                 groups[group] = groups.get(group, 0) + 1
                 for name in target:
                     old, new = cell(before, name) or "?", cell(target, name)
@@ -250,23 +252,43 @@ def write_plan(results: Iterable[RowResult], path: Path) -> tuple[dict[str, int]
 
 
 def write_undo(results: Iterable[RowResult], path: Path) -> int:
-    """For each updated row, its values before the run, as an input file: `run` it to undo.
+    """For each row the run changed, its values before the run, as an input file: `run` it to undo.
 
-    Each row expects (expect_* columns) the values the run set, so an undo never overwrites a
-    change someone made after the run: such a row ends `conflict`. Streamed, in the input's
-    format; no file when no row has values to restore.
+    Rows `updated` and rows whose PATCH may have landed unconfirmed (error_code maybe_applied)
+    are undone, when their before-values are known. Every field the run changed is restored:
+    the ones it asked to change, and any other that changed with them (a proxy filling a
+    default). Each row expects (expect_* columns) the values the run left, so an undo never
+    overwrites a change someone made after the run: such a row ends `conflict`, and so does a
+    maybe-applied row that was not applied after all. Streamed, in the input's format; no file
+    when no row has values to restore.
     """
     columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
     records = (
-        {
-            "conversation_id": result.conversation_id,
-            **{name: cell(result.before, name) or "" for name in FIELDS},
-            **{f"expect_{name}": cell(result.change.body(), name) or "" for name in FIELDS},
-        }
+        _undo_record(result)
         for result in results
         if result.before is not None
+        and (result.outcome is Outcome.UPDATED or result.error_code == MAYBE_APPLIED)
     )
-    return _write_rows(records, columns, path)
+    return _write_rows((record for record in records if record), columns, path)
+
+
+def _undo_record(result: RowResult) -> dict[str, str] | None:
+    before = result.before or {}
+    target = result.change.body()
+    left = {**target, **(result.returned or {})}  # what the run left: returned, else target
+    restore = [
+        name
+        for name in FIELDS
+        if name in before
+        and (name in target or (name in left and not same_value(left[name], before[name])))
+    ]
+    if not restore:
+        return None
+    record = {"conversation_id": result.conversation_id}
+    for name in FIELDS:
+        record[name] = (cell(before, name) or "") if name in restore else ""
+        record[f"expect_{name}"] = (cell(left, name) or "") if name in restore else ""
+    return record
 
 
 def _write_rows(records: Iterable[dict[str, Any]], columns: tuple[str, ...], path: Path) -> int:
@@ -319,8 +341,12 @@ class _RowsWriter:
         self._file.close()
 
 
-def plan_to_input(plan_path: Path, path: Path) -> int:
-    """The `change` rows of a plan file as an input file: targets, and expect_* = before."""
+def plan_to_input(plan_path: Path, path: Path, *, guarded: bool = True) -> int:
+    """The `change` rows of a plan file as an input file: targets, and expect_* = before.
+
+    With `guarded`, a change row without the before-values of a field it changes is refused:
+    applied without them it could overwrite a row someone changed since the plan.
+    """
     try:
         with plan_path.open(newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)
@@ -333,6 +359,14 @@ def plan_to_input(plan_path: Path, path: Path) -> int:
             rows = [row for row in reader if row["decision"] == "change"]
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{plan_path}: cannot read it ({type(error).__name__})") from None
+    for row in rows if guarded else ():
+        unknown = [name for name in FIELDS if row[f"after_{name}"] and not row[f"before_{name}"]]
+        if unknown:
+            raise InputError(
+                f"{plan_path}: row {row['row']} has no before-value for {unknown[0]}, so "
+                "applying it could overwrite a change made since the plan; make the plan "
+                "again (or apply with --no-guard)"
+            )
     columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as file:

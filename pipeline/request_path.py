@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from pipeline.client import Answer, MateoClient, returned_id
+from pipeline.client import MateoClient, returned_id
 from pipeline.errors import (
     MateoBulkError,
     PermanentError,
@@ -48,6 +48,8 @@ class RunControl:
     notices: list[str] = field(default_factory=list)
     #: A second signal asked to stop at once: in-flight work was cancelled.
     aborted: bool = False
+    #: The API answered a request of this session with a success: the token is good.
+    token_accepted: bool = False
     _stop_requested: anyio.Event = field(default_factory=anyio.Event, repr=False)
 
     @property
@@ -99,12 +101,28 @@ def check_named(
     return returned
 
 
+class RateLimited(Protocol):
+    """An answer that may carry `ratelimit-remaining` and `ratelimit-reset`."""
+
+    @property
+    def ratelimit_remaining(self) -> int | None: ...
+    @property
+    def ratelimit_reset(self) -> float | None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=RateLimited)
+
+
 class RequestPath:
-    """Sends requests for one run (or query, or doctor) under its pacer, budget and stop."""
+    """Sends requests for one run (or query, or doctor) under its pacer, budget and stop.
+
+    `client` is what reads and queries go through; doctor, which looks at raw answers, sends
+    its own requests through `call` and passes none.
+    """
 
     def __init__(
         self,
-        client: MateoClient,
+        client: MateoClient | None,
         control: RunControl,
         *,
         rate: float | None,
@@ -113,7 +131,7 @@ class RequestPath:
         max_wait: float = 60.0,
         wait_for_reset: bool = False,
     ) -> None:
-        self.client = client
+        self._client = client
         self.control = control
         self.pacer = Pacer(rate, sleep=control.sleep)
         self._max_attempts = max_attempts
@@ -123,7 +141,13 @@ class RequestPath:
         #: Set once the API refuses reads of several ids (406, 414, 400 on `in.`).
         self._read_page_size = PAGE_SIZE
 
-    async def call(self, send: Callable[[], Awaitable[Answer]]) -> Answer:
+    @property
+    def client(self) -> MateoClient:
+        if self._client is None:
+            raise TypeError("this request path was made without a client")
+        return self._client
+
+    async def call(self, send: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
         """`send` once, paced and budgeted, retried on transient errors.
 
         Raises RunStopped (the run stops meanwhile, the budget is spent), PermanentError, or
@@ -136,7 +160,7 @@ class RequestPath:
                 return await self._one_request(send)
         raise AssertionError("unreachable: retrying re-raises the last error")
 
-    async def _one_request(self, send: Callable[[], Awaitable[Answer]]) -> Answer:
+    async def _one_request(self, send: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
         """One request: paced, counted against the day's budget, told apart from a long wait."""
         while True:
             await self.pacer.wait()
@@ -163,6 +187,7 @@ class RequestPath:
                 self.pacer.hold(wait)
                 continue
             self.pacer.succeeded()
+            self.control.token_accepted = True
             if answer.ratelimit_remaining is not None and answer.ratelimit_remaining <= 0:
                 self._window_spent(answer.ratelimit_reset or 1.0)
             return answer
@@ -241,8 +266,8 @@ class RequestPath:
                     continue
                 raise
             rows = check_named(answer.rows or [], set(page), self.control)
-            if self.control.stopping:
-                raise RunStopped("the run is stopping")
+            if len(rows) < len(answer.rows or []):
+                raise RunStopped("the API answered for rows that were not asked for")
             found.update(rows)
             unanswered = [each for each in page if each not in rows]
             total = answer.content_range_total

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -32,7 +32,10 @@ def _wait(state: RetryCallState) -> float:
 
 
 def retrying(
-    max_attempts: int, on_retry: Callable[[TransientError], None] | None = None
+    max_attempts: int,
+    on_retry: Callable[[TransientError], None] | None = None,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> AsyncRetrying:
     """A fresh retry controller for one request; never share one between concurrent tasks.
 
@@ -50,7 +53,7 @@ def retrying(
         retry=retry_if_exception_type(TransientError),
         stop=stop_after_attempt(max_attempts),
         wait=_wait,
-        sleep=anyio.sleep,
+        sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -28,12 +28,12 @@ from anyio import CancelScope
 from anyio.abc import ObjectSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from pipeline.account import account_fingerprint
 from pipeline.client import MateoClient
-from pipeline.errors import InputError, Interrupted, MateoBulkError
+from pipeline.errors import InputError, Interrupted, MateoBulkError, RunStopped
 from pipeline.grouping import Grouper
 from pipeline.journal import Journal
 from pipeline.models import Guard, Outcome, RowRequest, RowResult
-from pipeline.pacer import Pacer
 from pipeline.prepare import Validation, sort_chunk, validate_file
 from pipeline.quota import Budget, QuotaLedger
 from pipeline.reader import InputFile, open_input
@@ -45,7 +45,8 @@ from pipeline.report import (
     write_report,
     write_undo,
 )
-from pipeline.send import RunControl, Sender, row_results
+from pipeline.request_path import RequestPath, RunControl
+from pipeline.send import Sender, row_results
 from pipeline.settings import RunSettings
 from pipeline.snapshot import guard_expected, snapshot_rows
 
@@ -80,8 +81,12 @@ class RunSummary:
     stopped: MateoBulkError | None = None
     notices: tuple[str, ...] = ()
     failures_path: Path | None = None
-    #: PATCHes the run costs if every group fills (the dry run's request plan).
+    #: Requests the run costs if every group fills (the dry run's request plan): PATCHes,
+    #: and the snapshot's GETs among them (`estimated_reads`).
     estimated_requests: int = 0
+    estimated_reads: int = 0
+    #: The account's requests per API day: a plan past it spans several days.
+    daily_quota: int = 0
     budget: Budget | None = None
     #: The --rate the run was given (None: unlimited).
     rate: float | None = None
@@ -198,6 +203,7 @@ async def run_async(
             settings.input, column_map=settings.column_map, delimiter=settings.delimiter
         )
         with input_file:
+            version = input_file.version()
             validation = await anyio.to_thread.run_sync(
                 validate_file, input_file, settings.fixed_values
             )
@@ -205,9 +211,13 @@ async def run_async(
             if settings.strict and problem:
                 raise InputError(f"{problem}; nothing was sent (--strict)")
             fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
+            if input_file.version() != version:
+                raise InputError(f"{settings.input} changed while it was validated; try again")
             meta = {
                 "settings": settings.to_meta(),
                 "input": str(Path(settings.input).resolve()),
+                # A copy kept in the run directory (stdin, a plan's rows) moves with it.
+                "input_in_run_dir": _relative_to(Path(settings.input), run_dir),
                 "input_format": input_file.format,
                 "fingerprint": str(fingerprint),
                 "rows": validation.total_rows,
@@ -244,9 +254,18 @@ async def resume_async(
     with Journal.open(Path(run_dir)) as journal:
         journal.lock()
         meta = journal.meta()
+        if meta.get("account") and token and account_fingerprint(token) != meta["account"]:
+            raise InputError(
+                f"the API token is not the one {run_dir} was started with (another account?): "
+                "resume with the same token, or start a new run"
+            )
         settings = RunSettings.from_meta(meta["settings"], token)
+        moved_input = meta.get("input_in_run_dir")
         settings = dataclasses.replace(
-            settings, input=meta["input"], run_dir=Path(run_dir), quota_clock=quota_clock
+            settings,
+            input=Path(run_dir) / moved_input if moved_input else meta["input"],
+            run_dir=Path(run_dir),
+            quota_clock=quota_clock,
         )
         if report is not None:
             settings = dataclasses.replace(settings, report=report)
@@ -276,6 +295,13 @@ async def resume_async(
                 on_progress=on_progress,
                 transport=transport,
             )
+
+
+def _relative_to(path: Path, directory: Path) -> str | None:
+    try:
+        return str(path.resolve().relative_to(directory.resolve()))
+    except ValueError:
+        return None
 
 
 def _now() -> str:
@@ -330,6 +356,16 @@ async def _execute(
             "the report was not written"
         )
     stopped = control.stop_reason
+    if control.token_accepted:
+        # Which account the run changes (a fingerprint, never the token), once the API has
+        # accepted the token: a run stopped by a wrong token may be resumed with the right one.
+        journal.set_meta({"account": account_fingerprint(settings.token)})
+    unasked, example = journal.unasked_changes()
+    if unasked:
+        control.notice(
+            f"{unasked:,} updated rows changed a field the run did not ask to change (e.g. "
+            f"{example}); the API or a proxy set it. The undo file restores those fields too"
+        )
     journal.set_meta(
         {"state": "stopped", "stop_reason": str(stopped), "stopped_at": _now()}
         if stopped
@@ -350,11 +386,13 @@ async def _execute(
         apply_requests = sum(-(-size // settings.batch_size) for size in group_sizes)
     elif report_path:
         undo_path = settings.run_dir / f"undo{suffix}"
-        if not write_undo(journal.results([Outcome.UPDATED]), undo_path):
+        undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
+        if not write_undo(undoable, undo_path):
             undo_path = None
     if report_path and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED])):
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
         write_failures(journal.results([Outcome.FAILED, Outcome.REJECTED]), failures_path)
+    reads = validation.estimated_reads() if settings.snapshot else 0
     return RunSummary(
         counts=journal.counts(),
         total_rows=validation.total_rows,
@@ -368,7 +406,9 @@ async def _execute(
         stopped=stopped,
         notices=tuple(control.notices),
         failures_path=failures_path,
-        estimated_requests=validation.estimated_requests(settings.batch_size),
+        estimated_requests=validation.estimated_requests(settings.batch_size) + reads,
+        estimated_reads=reads,
+        daily_quota=settings.daily_quota,
         budget=budget,
         rate=settings.rate,
         plan_path=plan_path,
@@ -428,7 +468,16 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     signals = anyio.CancelScope()
     tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
     tasks.start_soon(_produce, session, send_rows, send_results.clone())
-    pacer = Pacer(settings.rate)
+    path = RequestPath(
+        client,
+        control,
+        rate=settings.rate,
+        max_attempts=settings.max_attempts,
+        ledger=None if settings.dry_run else session.ledger,
+        max_wait=settings.max_wait,
+        wait_for_reset=settings.wait,
+    )
+    pacer = path.pacer
     if settings.dry_run:
         receive_rows.close()
     else:
@@ -442,21 +491,13 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
             max_wait = max(max_wait, settings.batch_size / settings.rate)
         grouper = Grouper(to_group, batch_size=settings.batch_size, max_wait=max_wait)
         sender = Sender(
-            client,
-            pacer,
-            control,
-            grouper,
-            max_attempts=settings.max_attempts,
-            ledger=None if settings.dry_run else session.ledger,
-            max_wait=settings.max_wait,
-            wait_for_reset=settings.wait,
-            guard=Guard.of(settings.guard),
+            path, grouper, guard=Guard.of(settings.guard), write_ahead=journal.record_intents
         )
         if settings.snapshot:
             tasks.start_soon(
                 partial(
                     snapshot_rows,
-                    sender,
+                    path,
                     control,
                     receive_rows,
                     send_checked,
@@ -540,14 +581,37 @@ async def _produce(
 ) -> None:
     settings = session.settings
     chunks = session.input_file.chunks()
+    version = session.input_file.version()
 
     def next_chunk() -> tuple[list[RowResult], list[RowRequest]] | None:
         chunk = next(chunks, None)
         if chunk is None:
             return None
+        if session.input_file.version() != version:
+            # Its rows would not be the ones validated (and journaled by number): stop.
+            session.control.stop(
+                RunStopped(
+                    f"{settings.input} was changed during the run; its rows are no longer the "
+                    "ones validated. Restore the file and resume, or start a new run"
+                )
+            )
+            return None
         first, last = chunk[0].row, chunk[-1].row
         done = session.journal.done_rows(first, last, retry_failed=session.retry_failed)
-        return sort_chunk(chunk, settings.fixed_values, session.validation.duplicates, done)
+        invalid, to_send = sort_chunk(
+            chunk, settings.fixed_values, session.validation.duplicates, done
+        )
+        intents = session.journal.open_intents(first, last)
+        if intents:
+            # Sent by an earlier session that never learned the answer: they may have been
+            # applied, and their before-values are the ones read before that first attempt.
+            to_send = [
+                dataclasses.replace(row, maybe_applied=True, before=intents[row.row] or row.before)
+                if row.row in intents
+                else row
+                for row in to_send
+            ]
+        return invalid, to_send
 
     async with send_rows, send_results:
         while (sorted_chunk := await anyio.to_thread.run_sync(next_chunk)) is not None:
@@ -648,7 +712,7 @@ def apply_plan(
     """
     plan_path = Path(plan_path)
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(plan_path)
-    changes = plan_to_input(plan_path, run_dir / "apply.csv")
+    changes = plan_to_input(plan_path, run_dir / "apply.csv", guarded=settings.guarded)
     if not changes:
         raise InputError(f"{plan_path} has no rows to change; nothing to apply")
     settings = dataclasses.replace(

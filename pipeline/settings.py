@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, check_base_url
+from pipeline.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL, TRANSPORTS, check_base_url
 from pipeline.errors import InputError
 from pipeline.models import Guard
 from pipeline.quota import DEFAULT_DAILY_QUOTA, QuotaLedger, parse_reset_time
@@ -24,7 +25,11 @@ class RunSettings:
 
     input: str | Path
     token: str = field(default="", repr=False)
-    base_url: str = DEFAULT_BASE_URL
+    #: MATEO_BASE_URL when set (as on the command line), else Mateo's own: a script pointed at
+    #: the sandbox by the variable must not talk to production.
+    base_url: str = field(
+        default_factory=lambda: os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+    )
     column_map: Mapping[str, str] = field(default_factory=dict)
     #: Values set for every row (`--set`), already parsed: None means JSON null.
     fixed_values: Mapping[str, str | None] = field(default_factory=dict)

@@ -3,7 +3,9 @@
 With the values in hand, a row already in its target state costs no PATCH (`unchanged`), a
 conversation that does not exist costs none either (`not_found`), and every PATCH carries the
 values it was planned from as a guard, so a row someone changed in the meantime matches
-nothing and is left alone (`conflict`). The snapshot costs one GET per 50 rows.
+nothing and is left alone (`conflict`). Every field is read, not only the changed ones, so that
+a field the run did not ask to change and that changed anyway is caught and can be undone. The
+snapshot costs one GET per 50 rows (more only where the API pages shorter or refuses `in.`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.client import returned_values
-from pipeline.errors import PermanentError, RemoteError, RunStopped
+from pipeline.errors import RemoteError, RunStopped
 from pipeline.models import (
+    MAYBE_APPLIED,
     Change,
     ConversationIds,
     Guard,
@@ -25,10 +28,9 @@ from pipeline.models import (
     RowResult,
     same_value,
 )
-from pipeline.send import RunControl, Sender, row_results
-
-#: Ids per snapshot GET: the API's page size.
-PAGE_SIZE = 50
+from pipeline.outcomes import before_values, holds_target, updated
+from pipeline.request_path import PAGE_SIZE, RequestPath, RunControl
+from pipeline.send import row_results
 
 
 def decide(
@@ -45,6 +47,29 @@ def decide(
             error_message="no such conversation when read",
         )
     values = returned_values(current)
+    if row.maybe_applied:
+        # An earlier session sent this row and never learned the answer: judged against the
+        # values it had then, not now (now they may be this run's own doing).
+        then = before_values(row)
+        if holds_target(row, values) and (then is None or not holds_target(row, then)):
+            return updated(row, values, http_status=200, attempts=0)
+        if then is not None:
+            changed = [
+                name
+                for name, _ in row.change.values
+                if not same_value(values.get(name), then.get(name))
+            ]
+            if changed:
+                return RowResult(
+                    row.row,
+                    row.conversation_id,
+                    Outcome.CONFLICT,
+                    change=row.change,
+                    returned=values,
+                    error_message=f"{', '.join(changed)} changed since the run read them; "
+                    "left alone",
+                )
+            return _guarded(row, row.before or Change.of(values), guarded)
     mismatched = [
         name for name, value in row.expected.values if not same_value(values.get(name), value)
     ]
@@ -57,8 +82,8 @@ def decide(
             returned=values,
             error_message=f"{', '.join(mismatched)} no longer hold the expected values; left alone",
         )
-    before = Change(tuple((name, values.get(name)) for name, _ in row.change.values))
-    if all(same_value(values.get(name), target) for name, target in row.change.values):
+    before = Change.of(values)
+    if holds_target(row, values):
         return RowResult(
             row.row,
             row.conversation_id,
@@ -67,12 +92,25 @@ def decide(
             returned=values,
             before=before.body(),
         )
-    guard = Guard.matching({**before.body(), **row.expected.body()}) if guarded else row.guard
+    return _guarded(row, before, guarded)
+
+
+def _guarded(row: RowRequest, before: Change, guarded: bool) -> RowRequest:
+    """The row with its before-values, and guarded by those of the fields it changes.
+
+    Only the changed fields guard it: a guard on every field would split groups by values the
+    run does not touch, and cost requests.
+    """
+    if not guarded:
+        return dataclasses.replace(row, before=before)
+    values = before.body()
+    changed = {name: values.get(name) for name, _ in row.change.values}
+    guard = Guard.matching({**changed, **row.expected.body()})
     return dataclasses.replace(row, before=before, guard=guard)
 
 
 async def snapshot_rows(
-    sender: Sender,
+    path: RequestPath,
     control: RunControl,
     rows: ObjectReceiveStream[list[RowRequest]],
     to_send: ObjectSendStream[list[RowRequest]],
@@ -91,16 +129,10 @@ async def snapshot_rows(
                 for start in range(0, len(chunk), PAGE_SIZE):
                     await send_pages.send(chunk[start : start + PAGE_SIZE])
 
-    refused: list[str] = []  # set once the API refuses multi-row reads
-
     async def read(pages: ObjectReceiveStream[list[RowRequest]]) -> None:
         async with pages:
             async for page in pages:
-                checked: list[RowResult] = []
-                if refused:
-                    sendable = [guard_expected(row, guarded) for row in page]
-                else:
-                    checked, sendable = await _read_page(sender, control, page, guarded, refused)
+                checked, sendable = await _read_page(path, control, page, guarded)
                 if plan_only:
                     checked += [
                         RowResult(
@@ -133,31 +165,18 @@ def guard_expected(row: RowRequest, guarded: bool) -> RowRequest:
 
 
 async def _read_page(
-    sender: Sender,
-    control: RunControl,
-    page: list[RowRequest],
-    guarded: bool,
-    refused: list[str],
+    path: RequestPath, control: RunControl, page: list[RowRequest], guarded: bool
 ) -> tuple[list[RowResult], list[RowRequest]]:
     if control.stopping:
-        return row_results(page, Outcome.SKIPPED), []
+        return _skipped(page), []
     try:
-        current = await sender.read_current(ConversationIds(row.conversation_id for row in page))
+        current = await path.read_rows(ConversationIds(row.conversation_id for row in page))
     except RunStopped as error:
         control.stop(error)
-        current = None
-    except PermanentError as error:
-        if len(page) > 1 and _refuses_many(error):
-            # Reading one row per request would double the run's cost: go on without the
-            # snapshot (no unchanged-skipping, no snapshot guard) and say so once.
-            refused.append(str(error))
-            control.notice(
-                f"the API refuses reads of several rows ({error.http_status}): continuing "
-                "without the snapshot"
-            )
-            return [], [guard_expected(row, guarded) for row in page]
-        return _failed_read(page, error), []
+        return _skipped(page), []
     except RemoteError as error:
+        # Without the values the row cannot be guarded, skipped if unchanged, or undone:
+        # it is not sent (`--no-snapshot` is the way to give that up).
         return row_results(
             page,
             Outcome.FAILED,
@@ -165,8 +184,6 @@ async def _read_page(
             error_code=error.code,
             error_message=f"reading the current values failed: {error}",
         ), []
-    if current is None:
-        return row_results(page, Outcome.SKIPPED), []
     checked: list[RowResult] = []
     sendable: list[RowRequest] = []
     for row in page:
@@ -178,17 +195,16 @@ async def _read_page(
     return checked, sendable
 
 
-def _refuses_many(error: PermanentError) -> bool:
-    return error.http_status in (406, 414) or (
-        error.http_status == 400 and error.code == "PGRST100"
-    )
-
-
-def _failed_read(page: list[RowRequest], error: RemoteError) -> list[RowResult]:
-    return row_results(
-        page,
-        Outcome.FAILED,
-        http_status=error.http_status,
-        error_code=error.code,
-        error_message=f"reading the current values failed: {error}",
-    )
+def _skipped(page: list[RowRequest]) -> list[RowResult]:
+    """Rows not read because the run stopped; an earlier session's sent rows say so."""
+    return [
+        RowResult(
+            row.row,
+            row.conversation_id,
+            Outcome.SKIPPED,
+            change=row.change,
+            error_code=MAYBE_APPLIED if row.maybe_applied else None,
+            before=row.before.body() if row.maybe_applied and row.before else None,
+        )
+        for row in page
+    ]

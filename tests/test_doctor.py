@@ -234,7 +234,13 @@ def test_spent_quota_stops_early_and_tells_about_retry_after(
     sandbox: Sandbox, retry_after_header: bool
 ) -> None:
     """A 429 asking for a day's wait stops doctor (exit 3) and records Retry-After or its lack."""
-    report = run_doctor(sandbox, daily_quota=1, retry_after_header=retry_after_header)
+    # Without ratelimit-remaining, doctor cannot see the spent window coming and meets the 429.
+    report = run_doctor(
+        sandbox,
+        daily_quota=1,
+        retry_after_header=retry_after_header,
+        ratelimit_remaining_header=False,
+    )
     assert report.exit_code == 3
     assert report.stopped is not None and "rate limited" in report.stopped
     assert report.answers["retry_after_on_429"] is retry_after_header
@@ -242,14 +248,30 @@ def test_spent_quota_stops_early_and_tells_about_retry_after(
     assert report.answers_file is None
 
 
+def test_a_spent_window_stops_doctor_before_the_429(sandbox: Sandbox) -> None:
+    """ratelimit-remaining: 0 with a day's reset stops doctor at once, rate limited, exit 3."""
+    report = run_doctor(sandbox, daily_quota=1)
+    assert report.exit_code == 3
+    assert report.stopped is not None and "rate limited" in report.stopped
+    assert sandbox.stats()["rate_limited"] == 0
+
+
 def test_waits_out_a_short_retry_after(sandbox: Sandbox) -> None:
     """A 429 with a short Retry-After is waited out, after which no request is refused again."""
-    report = run_doctor(sandbox, rate=20.0, burst=1)
+    # Without ratelimit-remaining to warn of the spent window, the first 429 is met.
+    report = run_doctor(sandbox, rate=20.0, burst=1, ratelimit_remaining_header=False)
     stats = sandbox.stats()
     assert report.stopped is None
     assert stats["rate_limited"] == 1
     assert report.answers["retry_after_on_429"] is True
     assert report.answers["recommended_batch_size"] == 100
+
+
+def test_a_spent_short_window_is_waited_out_without_a_429(sandbox: Sandbox) -> None:
+    """ratelimit-remaining: 0 with a short reset pauses doctor: no request is refused."""
+    report = run_doctor(sandbox, rate=20.0, burst=1)
+    assert report.stopped is None
+    assert sandbox.stats()["rate_limited"] == 0
 
 
 def test_answers_file_holds_no_token_and_loads_back(sandbox: Sandbox, state_dir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli import _NOT_GIVEN, build_parser, main
+from pipeline.cli import build_parser, job_flags, main
 from pipeline.jobs import OPTION_NAMES, JobSummary, load_job, plan_job, run_job
 from pipeline.journal import Journal
 from pipeline.models import Outcome
@@ -38,7 +38,7 @@ def run_example(
     """An example job through the Python API, unpaced, its files under tmp_path."""
     given = {
         "base_url": sandbox.base_url,
-        "rate": None,
+        "rate": "unlimited",
         "run_dir": str(tmp_path / f"{name}-{{timestamp}}-{len(list(tmp_path.iterdir()))}"),
         "report": str(tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.csv"),
         **flags,
@@ -172,7 +172,7 @@ def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_pa
         load_job(JOBS / "close-stale.toml"),
         {
             "base_url": sandbox.base_url,
-            "rate": None,
+            "rate": "unlimited",
             "run_dir": str(tmp_path / "run"),
             "report": str(tmp_path / "report.csv"),
         },
@@ -312,8 +312,7 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(tmp_path: Path) ->
             "status=archived",
         ]
     )
-    flags = {name: value for name, value in vars(args).items() if value is not _NOT_GIVEN}
-    settings = plan_job(load_job(job), flags, token="t").settings
+    settings = plan_job(load_job(job), job_flags(args), token="t").settings
     assert settings.concurrency == 3 and settings.rate is None  # flags
     assert settings.snapshot is False
     assert settings.batch_size == 10 and settings.guarded is False  # the file

@@ -261,8 +261,25 @@ def test_dry_run_prints_the_request_plan(tmp_path: Path) -> None:
     )
     assert result.returncode == 1  # the sample has invalid rows
     plan = next(line for line in result.stdout.splitlines() if line.startswith("plan:"))
-    assert "about 6 requests" in plan and "at 2 requests/s" in plan
+    # The snapshot's reads count too: 2 GETs before the 6 PATCHes.
+    assert "about 8 requests (2 snapshot reads, 6 PATCHes)" in plan and "at 2 requests/s" in plan
     assert "10,000 of 10,000 requests left" in plan
+
+
+def test_dry_run_says_how_many_api_days_a_big_run_needs(tmp_path: Path) -> None:
+    """Past the daily quota, the plan counts API days, not minutes at --rate."""
+    result = run_cli(
+        "run",
+        SAMPLE / "reassign.csv",
+        "--dry-run",
+        "--daily-quota",
+        "3",
+        "--run-dir",
+        tmp_path / "r",
+        token="t",
+    )
+    plan = next(line for line in result.stdout.splitlines() if line.startswith("plan:"))
+    assert "3 API days at 3 requests a day" in plan
 
 
 def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Path) -> None:
