@@ -888,3 +888,32 @@ def test_a_dry_run_says_how_many_api_days_the_job_needs(sandbox: Sandbox, tmp_pa
     days = re.findall(r"(\d+(?:\.\d+)?)\s+(?:API\s+)?days?\b", text, re.IGNORECASE)
     assert days, f"no number of days in:\n{text}"
     assert any(3 <= float(found) <= 4 for found in days), text
+
+
+def test_the_first_ctrl_c_ends_a_wait_for_the_budget_at_once(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """9: with --wait and the day's budget spent, the first SIGINT stops the run at once."""
+    path, _ = moving_job(sandbox, tmp_path, 3)
+    env = {key: value for key, value in os.environ.items() if key != "MATEO_BASE_URL"}
+    env["MATEO_API_TOKEN"] = sandbox.token
+    command = [sys.executable, "-m", "pipeline", "run", str(path), "--base-url"]
+    command += [sandbox.base_url, "--rate", "unlimited", "--daily-quota", "1", "--wait"]
+    command += ["--run-dir", str(tmp_path / "run"), "--quiet"]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    # The snapshot's GET spends the budget of 1; the PATCH then sleeps until the day resets.
+    while sandbox.stats()["requests"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert process.poll() is None, "the run should be sleeping until the budget resets"
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=15)
+    assert time.monotonic() - interrupted < 5, "the first Ctrl-C did not end the wait"
+    assert process.returncode == 3, stdout + stderr
+    assert "Traceback" not in stderr
+    assert (tmp_path / "run" / "report.csv").exists()
+    assert sandbox.stats()["updates"] == 0
