@@ -690,6 +690,12 @@ async def run_job_async(
             )
         settings = dataclasses.replace(settings, max_requests=left)
     summary = await run_async(settings, on_progress=on_progress, transport=transport)
+    # The job's cost is the query's GETs and the run's requests: both count against the day.
+    summary = dataclasses.replace(
+        summary,
+        requests=summary.requests + selected.requests,
+        retries=summary.retries + selected.retries,
+    )
     return JobSummary(plan, summary, selected)
 
 

@@ -265,6 +265,9 @@ def test_a_query_job_reads_every_page_when_pages_are_short(
     assert record["rows"] == 130, record
     assert all(sandbox.row(i)["status"] == "closed" for i in selected)
     assert result.returncode == 0, result.stderr
+    # 9: the job's summary counts the query's GETs with the run's requests.
+    summary = next(line for line in result.stdout.splitlines() if " requests, " in line)
+    assert f"{sandbox.stats()['requests']:,} requests" in summary, summary
 
 
 # --- C. Lost answers: applied, but the answer never arrived ----------------------------------
