@@ -32,6 +32,7 @@ import httpx
 from pipeline.errors import (
     AuthError,
     ConnectionSetupError,
+    EndpointError,
     InputError,
     PermanentError,
     SafetyError,
@@ -286,6 +287,13 @@ class MateoClient:
         if status == 404 and method == "PATCH" and _means_no_match(code, body):
             # PostgREST before v10.1 answered a PATCH that matched nothing with 404.
             return Answer(status, [], None)
+        if status == 404:
+            # A read never answers 404 for "no rows"; a page or PGRST205 means no such endpoint.
+            endpoint = self._redact(str(response.url.copy_with(query=None)))
+            raise EndpointError(
+                f"the API answered 404 ({message}) at {endpoint}: check --base-url (it should "
+                "end in /api/v1); nothing was changed by this answer"
+            )
         if status in (401, 403):
             raise AuthError(
                 "the API token is missing" if status == 401 else "the API token is not valid",
@@ -344,12 +352,6 @@ async def exchange(
         raise TransientError(
             f"no complete answer within {timeout:g} s", may_have_applied=writes
         ) from None
-    except httpx.TimeoutException as error:
-        # A connect timeout means the request never left; any later one, it may have landed.
-        raise TransientError(
-            _shortened(redact(f"timed out: {error or type(error).__name__}")),
-            may_have_applied=writes and not isinstance(error, httpx.ConnectTimeout),
-        ) from None
     except httpx.TransportError as error:
         reason = str(error) or type(error).__name__
         if _is_tls_failure(error):
@@ -357,9 +359,15 @@ async def exchange(
             raise ConnectionSetupError(
                 _shortened(redact(f"the TLS connection to the API failed: {reason}"))
             ) from None
+        unreached = _never_reached(error)
+        if unreached is not None:
+            raise TransientError(
+                _shortened(redact(f"{unreached}: {reason}")), reached_api=False
+            ) from None
+        what = "timed out" if isinstance(error, httpx.TimeoutException) else "connection problem"
+        # The request left: a PATCH may have been applied before the answer was lost.
         raise TransientError(
-            _shortened(redact(f"connection problem: {reason}")),
-            may_have_applied=writes and not isinstance(error, httpx.ConnectError),
+            _shortened(redact(f"{what}: {reason}")), may_have_applied=writes
         ) from None
     except (TransientError, anyio.get_cancelled_exc_class()):
         raise
@@ -382,6 +390,43 @@ def _shortened(text: str, limit: int = 500) -> str:
 def _guard_query(guard: Guard) -> str:
     # Guard values (timestamps with "+", uuids) are encoded; the operator prefix stays readable.
     return "".join(f"&{column}={quote(value, safe='.,()')}" for column, value in guard.filters)
+
+
+_DNS_FAILURES = (
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+    "no address associated",
+    "getaddrinfo failed",
+)
+
+
+def _never_reached(error: BaseException) -> str | None:
+    """Why a request never reached the server (refused, DNS, no connection), or None.
+
+    Decided from the original exception: httpx-aiohttp maps every aiohttp connection error,
+    a connection dropped mid-answer included, to httpx.ConnectTimeout, so the mapped class
+    alone would call a PATCH that may have landed "never sent".
+    """
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {cls.__name__ for link in chain for cls in type(link).__mro__}
+    from_aiohttp = any(type(link).__module__.startswith("aiohttp") for link in chain)
+    if from_aiohttp:
+        connected = "ClientConnectorError" not in names
+    else:
+        connected = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+    if connected:
+        return None
+    text = " ".join(str(link) for link in chain).lower()
+    if "ClientConnectorDNSError" in names or any(words in text for words in _DNS_FAILURES):
+        return "the API's host name could not be resolved (DNS)"
+    if "refused" in text or "connect call failed" in text:
+        return "the connection to the API was refused"
+    return "no connection to the API could be made"
 
 
 def _is_tls_failure(error: BaseException) -> bool:

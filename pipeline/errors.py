@@ -37,6 +37,12 @@ class ConnectionSetupError(RunStopped):
     """A secure connection to the API could not be set up (TLS): no request can succeed."""
 
 
+class EndpointError(RunStopped):
+    """The base URL does not lead to the conversation endpoint (404 with a page, PGRST205), or
+    no connection to it can be made: no row can succeed, so the run stops instead of failing
+    every row."""
+
+
 class Interrupted(RunStopped):
     """The user or the system asked the run to stop (SIGINT, SIGTERM)."""
 
@@ -80,11 +86,14 @@ class TransientError(RemoteError):
         code: str | None = None,
         retry_after: float | None = None,
         may_have_applied: bool = False,
+        reached_api: bool = True,
     ) -> None:
         super().__init__(message, http_status=http_status, code=code, retry_after=retry_after)
         #: The request reached the server and its answer was lost or broken: a PATCH may have
         #: changed its rows all the same (a 5xx after a commit, a dropped connection, a timeout).
         self.may_have_applied = may_have_applied
+        #: False when no connection was made (refused, DNS): nothing reached the API.
+        self.reached_api = reached_api
 
 
 class PermanentError(RemoteError):

@@ -98,7 +98,8 @@ class LiveProgress:
 def summary_text(summary: RunSummary) -> str:
     """The end-of-run table of outcomes and where the report is."""
     lines = [
-        f"{'dry run' if summary.dry_run else 'run'} finished in {summary.elapsed:,.1f} s: "
+        f"{'dry run' if summary.dry_run else 'run'} "
+        f"{'stopped after' if summary.stopped else 'finished in'} {summary.elapsed:,.1f} s: "
         f"{summary.total_rows:,} rows, {summary.requests:,} requests, "
         f"{summary.retries:,} retries"
     ]

@@ -121,6 +121,12 @@ class QuotaLedger:
         self._held -= 1
         self.sent += 1
 
+    def refund(self) -> None:
+        """Give back the request last taken: it never reached the API (no connection)."""
+        if self.sent > 0 and self._held_day is not None:
+            self._held += 1
+            self.sent -= 1
+
     def _reserve(self, day: str, resets_at: datetime) -> int:
         with self._connection:
             self._connection.execute("BEGIN IMMEDIATE")

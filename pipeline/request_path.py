@@ -19,6 +19,7 @@ import anyio
 
 from pipeline.client import MateoClient, returned_id
 from pipeline.errors import (
+    EndpointError,
     MateoBulkError,
     PermanentError,
     RunStopped,
@@ -36,6 +37,9 @@ _DEFAULT_429_HOLD_SECONDS = 1.0
 _LONGEST_DAY_SECONDS = 25 * 3600.0
 #: The API's page size: a GET returns at most this many rows (a proxy may return fewer).
 PAGE_SIZE = 50
+#: Requests in a row that reached no API (refused, DNS) before the run stops: the base URL or
+#: the network is wrong, and every row would fail the same way.
+UNREACHABLE_STOP = 5
 
 
 @dataclass
@@ -140,6 +144,8 @@ class RequestPath:
         self._wait_for_reset = wait_for_reset
         #: Set once the API refuses reads of several ids (406, 414, 400 on `in.`).
         self._read_page_size = PAGE_SIZE
+        #: Requests in a row that made no connection (the circuit breaker).
+        self._unreached = 0
 
     @property
     def client(self) -> MateoClient:
@@ -172,6 +178,10 @@ class RequestPath:
             try:
                 answer = await send()
             except TransientError as error:
+                if not error.reached_api:
+                    self._not_sent(error)
+                    raise
+                self._unreached = 0
                 wait = error.retry_after
                 if error.http_status != 429 or wait is None or wait <= self._max_wait:
                     raise
@@ -186,11 +196,26 @@ class RequestPath:
                 self.control.notice(f"waiting {wait:,.0f} s for the API's limit to reset (--wait)")
                 self.pacer.hold(wait)
                 continue
+            self._unreached = 0
             self.pacer.succeeded()
             self.control.token_accepted = True
             if answer.ratelimit_remaining is not None and answer.ratelimit_remaining <= 0:
                 self._window_spent(answer.ratelimit_reset or 1.0)
             return answer
+
+    def _not_sent(self, error: TransientError) -> None:
+        """A request that made no connection costs nothing; too many in a row stop the run."""
+        self.control.requests -= 1
+        if self._ledger is not None:
+            self._ledger.refund()
+        self._unreached += 1
+        if self._unreached >= UNREACHABLE_STOP:
+            stop = EndpointError(
+                f"the API could not be reached {self._unreached} times in a row ({error}); "
+                "check --base-url and the network, then resume"
+            )
+            self.control.stop(stop)
+            raise stop from None
 
     def _window_spent(self, reset: float) -> None:
         """`ratelimit-remaining: 0`: wait for the window to reset instead of meeting a 429."""

@@ -1,0 +1,58 @@
+"""Fail fast and say what happened: a wrong base URL, an unreachable API, an honest summary."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from pipeline.sandbox import Sandbox
+from tests.helpers import read_report, run_cli, write_csv
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def moving_rows(sandbox: Sandbox, tmp_path: Path, count: int) -> Path:
+    rows = [{"conversation_id": row["id"], "status": "archived"} for row in sandbox.rows()]
+    return write_csv(tmp_path / "in.csv", rows[:count])
+
+
+def test_an_unreachable_api_stops_within_seconds_and_costs_nothing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A refused connection: exit 3 in seconds, the cause named, rows skipped, no budget spent."""
+    path = moving_rows(sandbox, tmp_path, 200)
+    started = time.monotonic()
+    result = run_cli(
+        "run", path, "--base-url", f"http://127.0.0.1:{free_port()}/api/v1",
+        "--rate", "unlimited", "--run-dir", tmp_path / "run", "--quiet", token="tok-" + "a" * 30,
+    )  # fmt: skip
+    assert time.monotonic() - started < 60
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "refused" in result.stderr and "Traceback" not in result.stderr
+    assert "stopped after" in result.stdout
+    assert "0 requests" in result.stdout
+    assert "10,000 of 10,000 requests left" in result.stdout
+    outcomes = {line["outcome"] for line in read_report(tmp_path / "run" / "report.csv")}
+    assert outcomes == {"skipped"}
+
+
+def test_a_wrong_base_path_stops_the_run_after_one_answer(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A 404 from a wrong --base-url path stops the run (exit 3) instead of failing every row."""
+    path = moving_rows(sandbox, tmp_path, 200)
+    wrong = sandbox.base_url.replace("/api/v1", "/api/v2")
+    result = run_cli(
+        "run", path, "--base-url", wrong, "--rate", "unlimited", "--run-dir", tmp_path / "run",
+        "--quiet", token=sandbox.token,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "check --base-url" in result.stderr and "Traceback" not in result.stderr
+    assert sandbox.stats()["requests"] <= 5
+    assert sandbox.stats()["updates"] == 0
