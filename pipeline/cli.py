@@ -713,3 +713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mateo-bulk: interrupted", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # The reader went away (`status RUN | head`): not an error of ours. Python would
+        # complain again flushing stdout at exit, so point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

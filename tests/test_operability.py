@@ -56,3 +56,28 @@ def test_a_wrong_base_path_stops_the_run_after_one_answer(
     assert "check --base-url" in result.stderr and "Traceback" not in result.stderr
     assert sandbox.stats()["requests"] <= 5
     assert sandbox.stats()["updates"] == 0
+
+
+def test_a_closed_pipe_is_not_a_traceback(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`mateo-bulk status RUN | head`: a reader that went away leaves no traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    path = moving_rows(sandbox, tmp_path, 5)
+    dry = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "run", "--quiet")
+    assert dry.returncode == 0, dry.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write breaks the pipe
+    try:
+        status = subprocess.run(
+            [sys.executable, "-m", "pipeline", "status", str(tmp_path / "run")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in status.stderr, status.stderr
+    assert status.returncode == 0
