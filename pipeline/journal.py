@@ -110,6 +110,16 @@ class Journal:
             self._lock_file = None
             raise InputError(f"{self.run_dir} is in use by another mateo-bulk process") from None
 
+    def in_use(self) -> bool:
+        """Whether a live process holds the run directory (its lock is taken)."""
+        with (self.run_dir / ".lock").open("a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
     def close(self) -> None:
         self._connection.close()
         if self._reader is not None:

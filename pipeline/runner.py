@@ -687,9 +687,11 @@ class RunStatus:
 def run_status(run_dir: str | Path) -> RunStatus:
     with Journal.open(Path(run_dir)) as journal:
         meta = journal.meta()
-        return RunStatus(
-            Path(run_dir), meta.get("state", "unknown"), meta.get("rows", 0), journal.counts(), meta
-        )
+        state = meta.get("state", "unknown")
+        if state == "running" and not journal.in_use():
+            # The journal says running, but no process holds the run: it was killed.
+            state = "stopped (process gone)"
+        return RunStatus(Path(run_dir), state, meta.get("rows", 0), journal.counts(), meta)
 
 
 def export_report(run_dir: str | Path, path: Path) -> int:

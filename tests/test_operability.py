@@ -81,3 +81,33 @@ def test_a_closed_pipe_is_not_a_traceback(sandbox: Sandbox, tmp_path: Path) -> N
         os.close(write_end)
     assert "Traceback" not in status.stderr, status.stderr
     assert status.returncode == 0
+
+
+def test_status_of_a_killed_run_says_the_process_is_gone(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """After kill -9, `status` says `stopped (process gone)`, not `running` forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sandbox.configure(latency_ms=200)
+    path = moving_rows(sandbox, tmp_path, 100)
+    env = {key: value for key, value in os.environ.items() if key != "MATEO_BASE_URL"}
+    env["MATEO_API_TOKEN"] = sandbox.token
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--base-url", sandbox.base_url,
+         "--rate", "unlimited", "--batch-size", "1", "--run-dir", str(tmp_path / "run"),
+         "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sandbox.stats()["requests"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    live = run_cli("status", tmp_path / "run")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert "state: running" in live.stdout, live.stdout
+    gone = run_cli("status", tmp_path / "run")
+    assert "stopped (process gone)" in gone.stdout, gone.stdout
