@@ -125,8 +125,22 @@ def summary_text(summary: RunSummary) -> str:
         lines.append(f"report: {summary.report_path}")
     if summary.failures_path:
         lines.append(f"failed and rejected rows, to fix and run again: {summary.failures_path}")
+    if not summary.dry_run and not summary.plan_path:
+        lines.append(_undo_line(summary))
     lines.append(f"run directory: {summary.run_dir}")
     return "\n".join(lines)
+
+
+def _undo_line(summary: RunSummary) -> str:
+    """Where the undo file is, or why there is none: never left for the user to guess."""
+    if summary.undo_path:
+        return f"undo: {summary.undo_path} (`mateo-bulk run` it to put the changed rows back)"
+    if summary.counts.get(Outcome.UPDATED, 0):
+        return (
+            "undo: NONE: the updated rows' values before the run are not known (--no-snapshot "
+            "without expect_* columns); this run cannot be undone by mateo-bulk"
+        )
+    return "undo: none needed: this run changed no rows"
 
 
 def plan_text(summary: RunSummary) -> str:

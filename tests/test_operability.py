@@ -111,3 +111,23 @@ def test_status_of_a_killed_run_says_the_process_is_gone(
     assert "state: running" in live.stdout, live.stdout
     gone = run_cli("status", tmp_path / "run")
     assert "stopped (process gone)" in gone.stdout, gone.stdout
+
+
+def test_the_summary_always_says_where_the_undo_file_is_or_why_there_is_none(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A run names its undo file; a --no-snapshot run says loudly that it has none."""
+    path = moving_rows(sandbox, tmp_path, 3)
+    common = ("--base-url", sandbox.base_url, "--rate", "unlimited", "--quiet")
+    guarded = run_cli("run", path, *common, "--run-dir", tmp_path / "a", token=sandbox.token)
+    assert f"undo: {tmp_path / 'a' / 'undo.csv'}" in guarded.stdout, guarded.stdout
+    again = run_cli("run", path, *common, "--run-dir", tmp_path / "b", token=sandbox.token)
+    assert "undo: none needed" in again.stdout, again.stdout
+    path = write_csv(
+        tmp_path / "open.csv",
+        [{"conversation_id": row["id"], "status": "open"} for row in sandbox.rows()[:3]],
+    )
+    blind = run_cli(
+        "run", path, *common, "--no-snapshot", "--run-dir", tmp_path / "c", token=sandbox.token
+    )
+    assert "undo: NONE" in blind.stdout, blind.stdout
