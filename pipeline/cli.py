@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import os
 import stat
 import sys
@@ -302,6 +304,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", type=Path, metavar="PATH", help="report file (default: the run's own)"
     )
     resume_parser.add_argument("--quiet", action="store_true", help="no progress display")
+    steering = resume_parser.add_argument_group(
+        "steering", "how the rest is sent (the run's own settings are kept otherwise)"
+    )
+    steering.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=_NOT_GIVEN,
+        help="the API's base URL for the rest of the run",
+    )
+    steering.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="continue against a fresh bundled sandbox (for runs started with --sandbox: the "
+        "first sandbox and its changes are gone)",
+    )
+    steering.add_argument(
+        "--rate", type=_rate, default=_NOT_GIVEN, metavar="RPS", help="requests per second"
+    )
+    steering.add_argument(
+        "--concurrency",
+        type=_number(int, 1),
+        default=_NOT_GIVEN,
+        metavar="N",
+        help="requests in flight at most",
+    )
+    steering.add_argument(
+        "--max-requests",
+        type=_number(int, 1),
+        default=_NOT_GIVEN,
+        metavar="N",
+        help="the most requests this session",
+    )
+    steering.add_argument(
+        "--max-wait",
+        type=_number(float, 0),
+        default=_NOT_GIVEN,
+        metavar="S",
+        help="the longest 429 wait before stopping",
+    )
+    steering.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=_NOT_GIVEN,
+        help="sleep until the budget or limit resets (--no-wait: stop instead)",
+    )
+    steering.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="text or json events"
+    )
     resume_parser.set_defaults(handler=_resume_command)
 
     status_parser = commands.add_parser(
@@ -441,7 +491,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
         print(summary_text(summary))
     else:
-        _print_summary(summary)
+        _print_summary(summary, sandbox=args.sandbox)
     return summary.exit_code
 
 
@@ -475,6 +525,13 @@ def _sandbox_for(
     if not args.sandbox:
         yield settings
         return
+    with _bundled_sandbox(quiet) as (base_url, token):
+        yield dataclasses.replace(settings, base_url=base_url, token=token)
+
+
+@contextmanager
+def _bundled_sandbox(quiet: bool) -> Iterator[tuple[str, str]]:
+    """A sandbox with Mateo's limits on a free loopback port: its base URL and token."""
     from pipeline.account import STATE_DIR_VARIABLE
     from pipeline.sandbox import mateo_limits_sandbox
 
@@ -484,7 +541,7 @@ def _sandbox_for(
         os.environ[STATE_DIR_VARIABLE] = state
         if not quiet:
             print(f"mateo-bulk: sandbox serving {sandbox.base_url}", file=sys.stderr)
-        yield dataclasses.replace(settings, base_url=sandbox.base_url, token=sandbox.token)
+        yield sandbox.base_url, sandbox.token
 
 
 def _run_with_display(settings: RunSettings, quiet: bool, log_format: str = "text") -> RunSummary:
@@ -605,15 +662,38 @@ def _print_selected(selected: Any) -> None:
 
 
 def _resume_command(args: argparse.Namespace) -> int:
-    token = _read_token(args)
-    with _progress_display(args.quiet) as display:
-        summary = resume(
+    from pipeline.runner import RESUME_OVERRIDES
+
+    overrides = {
+        name: getattr(args, name)
+        for name in RESUME_OVERRIDES
+        if getattr(args, name) is not _NOT_GIVEN
+    }
+    with contextlib.ExitStack() as stack:
+        if args.sandbox:
+            overrides["base_url"], token = stack.enter_context(
+                _bundled_sandbox(args.log_format == "json")
+            )
+        else:
+            token = _read_token(args)
+        resume_with = functools.partial(
+            resume,
             args.run_dir,
             token=token,
             retry_failed=args.retry_failed,
             report=args.report,
-            on_progress=display,
+            overrides=overrides,
         )
+        if args.log_format == "json":
+            from pipeline.events import JsonEvents
+
+            events = JsonEvents()
+            events.start(command="resume", run_dir=args.run_dir)
+            summary = resume_with(on_progress=None if args.quiet else events)
+            events.summary(summary)
+        else:
+            with _progress_display(args.quiet) as display:
+                summary = resume_with(on_progress=display)
     _print_summary(summary)
     return summary.exit_code
 
@@ -668,14 +748,14 @@ def _doctor_command(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _print_summary(summary: RunSummary) -> None:
+def _print_summary(summary: RunSummary, *, sandbox: bool = False) -> None:
     from pipeline.progress import summary_text
 
     print(summary_text(summary))
-    _print_stop(summary)
+    _print_stop(summary, sandbox=sandbox)
 
 
-def _print_stop(summary: RunSummary) -> None:
+def _print_stop(summary: RunSummary, *, sandbox: bool = False) -> None:
     stop = summary.stopped
     if stop is None:
         return
@@ -692,7 +772,12 @@ def _print_stop(summary: RunSummary) -> None:
         advice = str(stop)
     print(f"mateo-bulk: stopped early: {advice}", file=sys.stderr)
     if isinstance(stop, RunStopped):
-        print(f"mateo-bulk: to continue: mateo-bulk resume {summary.run_dir}", file=sys.stderr)
+        # A run on the bundled sandbox cannot go back to it: it ended with the process.
+        again = " --sandbox" if sandbox else ""
+        print(
+            f"mateo-bulk: to continue: mateo-bulk resume {summary.run_dir}{again}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -139,6 +139,10 @@ def run(
     return _run_in_loop(run_async(settings, on_progress=on_progress, transport=transport))
 
 
+#: Settings a resume may change: how the rest is sent, never what a row means.
+RESUME_OVERRIDES = ("base_url", "rate", "concurrency", "max_requests", "max_wait", "wait")
+
+
 def resume(
     run_dir: str | Path,
     *,
@@ -148,10 +152,13 @@ def resume(
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     quota_clock: Callable[[], datetime] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Continue a stopped run: rows with a final outcome are not sent again.
 
-    Raises InputError if the input file changed since the run started.
+    `overrides` changes how the rest is sent (any of RESUME_OVERRIDES, e.g. {"rate": 1.0,
+    "wait": False}); the journal records them. Raises InputError if the input file changed
+    since the run started.
     """
     return _run_in_loop(
         resume_async(
@@ -162,6 +169,7 @@ def resume(
             on_progress=on_progress,
             transport=transport,
             quota_clock=quota_clock,
+            overrides=overrides,
         )
     )
 
@@ -249,8 +257,15 @@ async def resume_async(
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     quota_clock: Callable[[], datetime] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """The same as `resume`, inside a running event loop."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if unknown:
+        raise InputError(
+            f"resume cannot change {', '.join(unknown)}: only {', '.join(RESUME_OVERRIDES)}"
+        )
     with Journal.open(Path(run_dir)) as journal:
         journal.lock()
         meta = journal.meta()
@@ -269,6 +284,7 @@ async def resume_async(
         )
         if report is not None:
             settings = dataclasses.replace(settings, report=report)
+        settings = dataclasses.replace(settings, **overrides)
         if settings.dry_run:
             raise InputError(f"{run_dir} was a dry run: start a real one with `mateo-bulk run`")
         settings.check()
@@ -285,7 +301,10 @@ async def resume_async(
             validation = await anyio.to_thread.run_sync(
                 validate_file, input_file, settings.fixed_values
             )
-            journal.set_meta({"state": "running", "resumed_at": _now()})
+            # The stored settings stay the run's own; what this session changed is kept apart.
+            journal.set_meta(
+                {"state": "running", "resumed_at": _now(), "resume_overrides": overrides}
+            )
             return await _execute(
                 settings,
                 journal,

@@ -131,3 +131,45 @@ def test_the_summary_always_says_where_the_undo_file_is_or_why_there_is_none(
         "run", path, *common, "--no-snapshot", "--run-dir", tmp_path / "c", token=sandbox.token
     )
     assert "undo: NONE" in blind.stdout, blind.stdout
+
+
+def test_resume_can_be_steered_and_records_what_it_changed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """resume --no-wait --rate --max-requests --base-url: applied, and kept apart in the journal."""
+    import json
+    import sqlite3
+
+    path = moving_rows(sandbox, tmp_path, 30)
+    common = ("--rate", "unlimited", "--quiet", "--batch-size", "5")
+    stopped = run_cli(
+        "run", path, "--base-url", sandbox.base_url, *common, "--max-requests", "2", "--wait",
+        "--run-dir", tmp_path / "run", token=sandbox.token,
+    )  # fmt: skip
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    resumed = run_cli(
+        "resume", tmp_path / "run", "--no-wait", "--rate", "unlimited", "--max-requests", "100",
+        "--base-url", sandbox.base_url.replace("127.0.0.1", "localhost"), "--quiet",
+        token=sandbox.token,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with sqlite3.connect(tmp_path / "run" / "journal.sqlite") as journal:
+        meta = {key: json.loads(value) for key, value in journal.execute("SELECT * FROM meta")}
+    assert meta["resume_overrides"] == {
+        "base_url": sandbox.base_url.replace("127.0.0.1", "localhost"),
+        "rate": None,
+        "max_requests": 100,
+        "wait": False,
+    }
+    assert meta["settings"]["wait"] is True and meta["settings"]["max_requests"] == 2
+
+
+def test_resume_refuses_to_change_what_a_row_means(tmp_path: Path) -> None:
+    """Only how the rest is sent may change on resume; anything else is an InputError."""
+    import pytest
+
+    from pipeline.errors import InputError
+    from pipeline.runner import resume
+
+    with pytest.raises(InputError):
+        resume(tmp_path, token="t", overrides={"batch_size": 5})
