@@ -135,7 +135,8 @@ class ConversationIds:
         return len(self.ids)
 
 
-_COLUMN = re.compile(r"[a-z_][a-z0-9_]*")
+#: A column, or one of PostgREST's logic keys (`or=(…)`, `not.and=(…)`).
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]*|not\.(?:or|and)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,30 @@ _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+#: Query parameters that combine conditions instead of naming a column: `or=(a.eq.1,b.is.null)`.
+LOGIC_KEYS = ("or", "and", "not.or", "not.and")
+
+
 def check_filter(column: str, value: str) -> None:
-    """Raise ValueError, saying what is wrong, unless `column=value` is a filter we can send."""
+    """Raise ValueError, saying what is wrong, unless `column=value` is a filter we can send.
+
+    `column` may also be `or`/`and` (PostgREST's logic trees): `or=(status.eq.open,
+    latest_inbound_message_created_at.is.null)`, items nested as `and(…)`/`or(…)`.
+    """
+    if column in LOGIC_KEYS:
+        if not (value.startswith("(") and value.endswith(")")):
+            raise ValueError(
+                f"{column}={value!r}: a logic filter takes a list in parentheses, e.g. "
+                "(status.eq.open,assignee_id.is.null)"
+            )
+        for item in _tree_items(value[1:-1], column, value):
+            _check_tree_item(item, value)
+        return
+    _check_column(column)
+    _check_condition(value)
+
+
+def _check_column(column: str) -> None:
     if column == "id":
         raise ValueError(
             "a query cannot filter on id (the ids are what it reads; use a file source "
@@ -46,6 +68,10 @@ def check_filter(column: str, value: str) -> None:
         raise ValueError(
             f"unknown column {column!r}; columns are {', '.join(CONVERSATION_COLUMNS)}"
         )
+
+
+def _check_condition(value: str) -> None:
+    """`OPERATOR.VALUE`, optionally after `not.`: the part of a filter after the column."""
     text = value[4:] if value.startswith("not.") else value
     operator, dot, operand = text.partition(".")
     if not dot or operator not in OPERATORS:
@@ -65,6 +91,43 @@ def check_filter(column: str, value: str) -> None:
                 f"unknown placeholder {placeholder} in {value!r}; use {{now}}, {{today}} or an "
                 "offset such as {now-30d}, {now-12h}, {today-7d} (units m, h, d, w)"
             )
+
+
+def _check_tree_item(item: str, whole: str) -> None:
+    """One item of a logic tree: `column.op.value` or a nested `and(…)`/`or(…)`."""
+    for logic in ("or", "and", "not.or", "not.and"):
+        if item.startswith(logic + "(") and item.endswith(")"):
+            for nested in _tree_items(item[len(logic) + 1 : -1], logic, whole):
+                _check_tree_item(nested, whole)
+            return
+    column, dot, condition = item.partition(".")
+    if not dot:
+        raise ValueError(f"{item!r} in {whole!r} must look like column.operator.value")
+    _check_column(column)
+    _check_condition(condition)
+
+
+def _tree_items(text: str, key: str, whole: str) -> list[str]:
+    """The comma-separated items of a logic tree, commas inside (…) and "…" left alone."""
+    items, depth, quoted, start = [], 0, False, 0
+    for position, character in enumerate(text):
+        if character == '"':
+            quoted = not quoted
+        elif not quoted and character == "(":
+            depth += 1
+        elif not quoted and character == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"{key}={whole!r}: unbalanced parentheses")
+        elif not quoted and depth == 0 and character == ",":
+            items.append(text[start:position].strip())
+            start = position + 1
+    items.append(text[start:].strip())
+    if depth != 0 or quoted:
+        raise ValueError(f"{key}={whole!r}: unbalanced parentheses or quotes")
+    if not all(items):
+        raise ValueError(f"{key}={whole!r}: an empty item")
+    return items
 
 
 def resolve_dates(value: str, now: datetime) -> tuple[str, dict[str, str]]:

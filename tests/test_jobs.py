@@ -16,7 +16,12 @@ from pipeline.cli import build_parser, job_flags, main
 from pipeline.jobs import OPTION_NAMES, JobSummary, load_job, plan_job, run_job
 from pipeline.journal import Journal
 from pipeline.models import Outcome
-from pipeline.query_source import CONVERSATION_COLUMNS, resolve_dates, resolve_query
+from pipeline.query_source import (
+    CONVERSATION_COLUMNS,
+    check_filter,
+    resolve_dates,
+    resolve_query,
+)
 from pipeline.sandbox import Sandbox
 from pipeline.sandbox.schema import COLUMNS
 from tests.helpers import AGENTS, INBOXES, REPO, read_report, run_cli, write_csv
@@ -72,17 +77,21 @@ def test_reassign_inbox_job_moves_every_listed_row(sandbox: Sandbox, tmp_path: P
 
 
 def test_close_stale_job_closes_only_open_stale_rows(sandbox: Sandbox, tmp_path: Path) -> None:
-    """jobs/close-stale.toml (query source, {now-30d}): exactly the matching rows end closed."""
+    """jobs/close-stale.toml (query source, {now-30d}): exactly the matching rows end closed,
+    the open ones that never had an inbound message included (or= … is.null)."""
     cutoff = datetime.now(UTC) - timedelta(days=30)
     before = {row["id"]: row for row in sandbox.rows()}
     stale = {
         conversation_id
         for conversation_id, row in before.items()
         if row["status"] == "open"
-        and row["latest_inbound_message_created_at"]
-        and datetime.fromisoformat(row["latest_inbound_message_created_at"]) < cutoff
+        and (
+            row["latest_inbound_message_created_at"] is None
+            or datetime.fromisoformat(row["latest_inbound_message_created_at"]) < cutoff
+        )
     }
-    assert len(stale) > 100  # more than two pages of 50
+    never = {i for i in stale if before[i]["latest_inbound_message_created_at"] is None}
+    assert len(stale) > 100 and never  # more than two pages of 50
     result = job_cli(sandbox, JOBS / "close-stale.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for row in sandbox.rows():
@@ -90,7 +99,8 @@ def test_close_stale_job_closes_only_open_stale_rows(sandbox: Sandbox, tmp_path:
         assert row["status"] == expected
     (run_dir,) = (tmp_path / "runs").iterdir()
     record = json.loads((run_dir / "query.json").read_text())
-    assert record["rows"] == len(stale) and record["requests"] == 3  # keyset pages 50, 50, rest
+    # keyset pages 50, 50, rest: the last page's Content-Range total says it is the last
+    assert record["rows"] == len(stale) and record["requests"] == 3
     assert set(record["dates"]) == {"{now-30d}"}
     assert sandbox.stats()["safety_violations"] == 0
 
@@ -417,3 +427,38 @@ def test_run_log_format_json(sandbox: Sandbox, tmp_path: Path) -> None:
     events = stderr_events(result.stderr)
     assert events[0]["event"] == "start" and events[-1]["event"] == "summary"
     assert events[-1]["exit_code"] == 0
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("or", "(status.eq.open,assignee_id.is.null)"),
+        (
+            "or",
+            "(latest_inbound_message_created_at.lt.{now-30d},and(status.eq.open,is_spam.is.true))",
+        ),
+        ("not.and", "(status.eq.closed,inbox_id.not.is.null)"),
+        ("status", "in.(open,closed)"),
+        ("assignee_id", "not.is.null"),
+    ],
+)
+def test_logic_and_null_filters_are_accepted(column: str, value: str) -> None:
+    """or=(…), and(…) nested, not.and, in.(…) and not.is.null pass the query check."""
+    check_filter(column, value)
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("or", "status.eq.open"),  # no parentheses
+        ("or", "(status.eq.open,)"),  # an empty item
+        ("or", "(status.eq.open,(x)"),  # unbalanced
+        ("or", "(id.eq.3c90c3cc-0d44-4b50-8888-8dd25736052a)"),  # id is what a query reads
+        ("or", "(nosuch.eq.1)"),
+        ("or", "(status.equals.open)"),
+    ],
+)
+def test_bad_logic_filters_are_refused(column: str, value: str) -> None:
+    """A malformed or= tree is refused before anything is sent, naming the problem."""
+    with pytest.raises(ValueError):
+        check_filter(column, value)
