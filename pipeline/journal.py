@@ -186,7 +186,8 @@ class Journal:
         rows = self._read_connection().execute(
             "SELECT intents.row, intents.before FROM intents LEFT JOIN results "
             "ON results.row = intents.row WHERE intents.row BETWEEN ? AND ? AND "
-            "(results.row IS NULL OR results.error_code = 'maybe_applied')",
+            "(results.row IS NULL OR results.outcome = 'skipped' "
+            "OR results.error_code = 'maybe_applied')",
             (first, last),
         )
         return {row: None if before is None else _change(before) for row, before in rows}

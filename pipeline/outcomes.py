@@ -170,3 +170,18 @@ def unconfirmed(
 
 def _cell(value: str | None) -> str:
     return "null" if value is None else value
+
+
+def skipped(requests: Iterable[RowRequest]) -> list[RowResult]:
+    """Rows not finished because the run stopped; a row an earlier session sent says so."""
+    return [
+        RowResult(
+            request.row,
+            request.conversation_id,
+            Outcome.SKIPPED,
+            change=request.change,
+            error_code=MAYBE_APPLIED if request.maybe_applied else None,
+            before=before_values(request) if request.maybe_applied else None,
+        )
+        for request in requests
+    ]

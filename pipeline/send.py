@@ -20,7 +20,7 @@ from pipeline.errors import (
 )
 from pipeline.grouping import Group, Grouper
 from pipeline.models import NO_GUARD, ConversationIds, Guard, Outcome, RowRequest, RowResult
-from pipeline.outcomes import judge_unnamed, unconfirmed, updated
+from pipeline.outcomes import judge_unnamed, skipped, unconfirmed, updated
 from pipeline.request_path import RequestPath, check_named
 
 #: Write-ahead: make a group's rows durable as sent, before the PATCH leaves.
@@ -216,7 +216,7 @@ class Sender:
         results: list[RowResult] = []
         for part in parts:
             if self._control.stopping:
-                results += row_results(part.rows, Outcome.SKIPPED)
+                results += skipped(part.rows)
             else:
                 results += await self.send(part, may_split=may_split)
         return results

@@ -19,7 +19,6 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from pipeline.client import returned_values
 from pipeline.errors import RemoteError, RunStopped
 from pipeline.models import (
-    MAYBE_APPLIED,
     Change,
     ConversationIds,
     Guard,
@@ -28,7 +27,7 @@ from pipeline.models import (
     RowResult,
     same_value,
 )
-from pipeline.outcomes import before_values, holds_target, updated
+from pipeline.outcomes import before_values, holds_target, skipped, updated
 from pipeline.request_path import PAGE_SIZE, RequestPath, RunControl
 from pipeline.send import row_results
 
@@ -168,12 +167,12 @@ async def _read_page(
     path: RequestPath, control: RunControl, page: list[RowRequest], guarded: bool
 ) -> tuple[list[RowResult], list[RowRequest]]:
     if control.stopping:
-        return _skipped(page), []
+        return skipped(page), []
     try:
         current = await path.read_rows(ConversationIds(row.conversation_id for row in page))
     except RunStopped as error:
         control.stop(error)
-        return _skipped(page), []
+        return skipped(page), []
     except RemoteError as error:
         # Without the values the row cannot be guarded, skipped if unchanged, or undone:
         # it is not sent (`--no-snapshot` is the way to give that up).
@@ -193,18 +192,3 @@ async def _read_page(
         else:
             sendable.append(decided)
     return checked, sendable
-
-
-def _skipped(page: list[RowRequest]) -> list[RowResult]:
-    """Rows not read because the run stopped; an earlier session's sent rows say so."""
-    return [
-        RowResult(
-            row.row,
-            row.conversation_id,
-            Outcome.SKIPPED,
-            change=row.change,
-            error_code=MAYBE_APPLIED if row.maybe_applied else None,
-            before=row.before.body() if row.maybe_applied and row.before else None,
-        )
-        for row in page
-    ]
