@@ -46,31 +46,19 @@ def decide(
             error_message="no such conversation when read",
         )
     values = returned_values(current)
-    if row.maybe_applied:
+    then = before_values(row) if row.maybe_applied else None
+    if row.maybe_applied and holds_target(row, values):
         # An earlier session sent this row and never learned the answer: judged against the
         # values it had then, not now (now they may be this run's own doing).
-        then = before_values(row)
-        if holds_target(row, values) and (then is None or not holds_target(row, then)):
+        if then is None or not holds_target(row, then):
             return updated(row, values, http_status=200, attempts=0)
-        if then is not None:
-            changed = [
-                name
-                for name, _ in row.change.values
-                if not same_value(values.get(name), then.get(name))
-            ]
-            if changed:
-                return RowResult(
-                    row.row,
-                    row.conversation_id,
-                    Outcome.CONFLICT,
-                    change=row.change,
-                    returned=values,
-                    error_message=f"{', '.join(changed)} changed since the run read them; "
-                    "left alone",
-                )
-            return _guarded(row, row.before or Change.of(values), guarded)
+    if then is not None:
+        must_hold = {name: then.get(name) for name, _ in row.change.values}
+        why = "changed since the run read them"
+    else:
+        must_hold, why = row.expected.body(), "no longer hold the expected values"
     mismatched = [
-        name for name, value in row.expected.values if not same_value(values.get(name), value)
+        name for name, value in must_hold.items() if not same_value(values.get(name), value)
     ]
     if mismatched:
         return RowResult(
@@ -79,10 +67,10 @@ def decide(
             Outcome.CONFLICT,
             change=row.change,
             returned=values,
-            error_message=f"{', '.join(mismatched)} no longer hold the expected values; left alone",
+            error_message=f"{', '.join(mismatched)} {why}; left alone",
         )
-    before = Change.of(values)
-    if holds_target(row, values):
+    before = row.before if then is not None and row.before else Change.of(values)
+    if then is None and holds_target(row, values):
         return RowResult(
             row.row,
             row.conversation_id,
