@@ -232,7 +232,7 @@ class MateoClient:
         if answer.single_object and len(ids) > 1:
             # One object cannot be the whole answer to a read of several ids.
             raise TransientError("the answer to a read of several rows is a single object")
-        return dataclasses.replace(answer, rows=answer.rows or [])
+        return _read_rows(answer)
 
     async def query(
         self, filters: Mapping[str, str], *, after_id: str | None, limit: int = 50
@@ -248,7 +248,7 @@ class MateoClient:
         # Guard.of refuses an `id` filter, so the filters cannot override the keyset.
         url += _guard_query(Guard.of(filters))
         answer = await self._send("GET", url, headers=_COUNT, content=None)
-        return dataclasses.replace(answer, rows=answer.rows or [])
+        return _read_rows(answer)
 
     async def _send(
         self,
@@ -385,6 +385,17 @@ async def exchange(
 def _shortened(text: str, limit: int = 500) -> str:
     """Text cut to `limit` characters; always applied after redaction, never before."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _read_rows(answer: Answer) -> Answer:
+    """A read's answer must list rows: a GET is answered with an array, even an empty one.
+
+    An empty body or `null` says nothing about which rows exist; taken for "none", it would
+    turn existing conversations into not_found.
+    """
+    if answer.rows is None:
+        raise TransientError(f"a read was answered {answer.http_status} without rows")
+    return answer
 
 
 def _guard_query(guard: Guard) -> str:

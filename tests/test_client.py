@@ -14,6 +14,7 @@ from pipeline.client import MAX_RESPONSE_BYTES, Answer, MateoClient, check_base_
 from pipeline.errors import (
     AuthError,
     ConnectionSetupError,
+    EndpointError,
     InputError,
     PermanentError,
     TransientError,
@@ -100,8 +101,8 @@ def test_204_names_no_rows_but_counts_them() -> None:
     ids=["html", "no-table"],
 )
 def test_a_wrong_endpoint_is_not_taken_for_no_match(response: httpx.Response) -> None:
-    """A 404 from a wrong base URL is refused, never read as "these rows do not exist"."""
-    with pytest.raises(PermanentError):
+    """A 404 from a wrong base URL stops the run, never read as "these rows do not exist"."""
+    with pytest.raises(EndpointError):
         patch_with(lambda request: response)
 
 

@@ -228,3 +228,18 @@ def test_the_request_path_honours_ratelimit_remaining(sandbox: Sandbox) -> None:
     assert control.stopping and "limit is spent" in str(control.stop_reason)
     assert sandbox.stats()["rate_limited"] == 0
     assert json.dumps(control.notices)  # notices stay JSON-ready
+
+
+@pytest.mark.parametrize("body", [b"", b"null"])
+def test_a_read_answered_without_rows_is_not_none_found(body: bytes) -> None:
+    """A GET answered with an empty body or null is a failed read, never "no such rows"."""
+
+    async def main() -> None:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        async with MateoClient(
+            "https://api.example.test/api/v1", "token", transport=transport
+        ) as client:
+            await client.read(IDS)
+
+    with pytest.raises(TransientError):
+        anyio.run(main)
