@@ -19,7 +19,9 @@ from pipeline.account import account_fingerprint
 from pipeline.cli import main
 from pipeline.doctor import (
     MAX_REQUESTS,
+    NOTHING_TO_DO,
     DoctorReport,
+    answers_path,
     diagnose,
     load_answers,
     report_text,
@@ -53,6 +55,26 @@ def verdict(report: DoctorReport, key: str) -> Any:
     return next(each for each in report.verdicts if each.key == key)
 
 
+def marks(report: DoctorReport) -> dict[str, str]:
+    return {each.key: each.mark for each in report.verdicts}
+
+
+def marked_lines(text: str) -> list[str]:
+    """The verdict lines of the text output: those starting with a mark (the legend does not)."""
+    return [line for line in text.splitlines() if line.startswith("[")]
+
+
+def what_to_do(text: str) -> list[str]:
+    """The numbered items under "What to do" at the end of the text output."""
+    tail = text[text.rindex("What to do") :].splitlines()[1:]
+    return [line.split(". ", 1)[1] for line in tail if line.strip()[:1].isdigit()]
+
+
+#: Mateo documents ratelimit-limit and ratelimit-remaining; the default sandbox has no limit,
+#: so it sends none: these switches make it answer as Mateo's docs say, without slowing doctor.
+DOCUMENTED_LIMITS = {"rate": 1000.0, "burst": 1000}
+
+
 def run_cli(*args: str, token: str | None, state: Path) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MATEO_")}
     env["MATEO_BULK_STATE_DIR"] = str(state)
@@ -72,6 +94,13 @@ def test_default_sandbox_is_plain_postgrest(sandbox: Sandbox) -> None:
     report = run_doctor(sandbox)
     answers = report.answers
     assert report.stopped is None and report.exit_code == 0 and report.token_valid
+    # Plain PostgREST sends no ratelimit-* headers, which Mateo documents: handled, not as
+    # documented; every other answer is as documented.
+    assert {key for key, mark in marks(report).items() if mark != "ok"} == {"rate_limit_headers"}
+    assert marks(report)["rate_limit_headers"] == "~~"
+    assert not any(each.action_needed for each in report.verdicts)
+    assert answers["read_in_filter_accepted"] is True
+    assert answers["count_exact_honoured"] is True
     assert answers["zero_match"] == {
         "http_status": 200,
         "body": "empty array",
@@ -94,8 +123,75 @@ def test_default_sandbox_is_plain_postgrest(sandbox: Sandbox) -> None:
         "content_range",
         "single_object",
         "in_filter",
+        "read",
         "error_body",
     ]
+
+
+def test_documented_answers_are_all_ok(sandbox: Sandbox) -> None:
+    """A sandbox answering as Mateo documents: every verdict [ok], nothing to do, exit 0."""
+    report = run_doctor(sandbox, **DOCUMENTED_LIMITS)
+    assert set(marks(report).values()) == {"ok"}
+    assert all(each.documented and each.copes for each in report.verdicts)
+    assert report.to_do == [] and report.exit_code == 0
+    text = report_text(report)
+    assert all(line.startswith("[ok] ") for line in marked_lines(text))
+    assert text.rstrip().endswith(f"What to do: {NOTHING_TO_DO}.")
+
+
+def test_proxy_dropping_prefer_answering_404_and_one_object_is_not_all_ok(
+    sandbox: Sandbox,
+) -> None:
+    """drop_prefer + zero_match_404 + object_response=first: [~~] where undocumented, exit 0."""
+    report = run_doctor(
+        sandbox,
+        drop_prefer=True,
+        zero_match_404=True,
+        object_response="first",
+        **DOCUMENTED_LIMITS,
+    )
+    found = marks(report)
+    # The 404 hides the body's shape and Prefer from the PATCHes; the read's count=exact,
+    # dropped with every Prefer, still shows the proxy is not plain PostgREST.
+    assert found["zero_match"] == found["prefer_and_select"] == found["read"] == "~~"
+    for key in ("zero_match", "prefer_and_select", "read"):
+        each = verdict(report, key)
+        assert each.documented is False and each.copes is True and not each.action_needed
+    assert report.answers["zero_match_means"] == "not found 404"
+    assert report.answers["count_exact_honoured"] is False
+    assert "never as not_found by itself" in verdict(report, "zero_match").action
+    assert "cannot be seen without changing a row" in verdict(report, "zero_match").action
+    assert report.exit_code == 0 and report.to_do == []
+    text = report_text(report)
+    assert "[~~] What does a PATCH that matches nothing return?" in text
+    assert f"What to do: {NOTHING_TO_DO}." in text
+
+
+def test_a_url_limit_below_two_ids_needs_action(sandbox: Sandbox) -> None:
+    """A proxy refusing a 2-id URL (414): one row per request, [!!], listed to do, exit 1."""
+    report = run_doctor(sandbox, max_url_length=120)
+    in_filter = verdict(report, "in_filter")
+    assert report.answers["recommended_batch_size"] == 1
+    assert in_filter.mark == "!!" and in_filter.copes is True and in_filter.documented is False
+    assert in_filter.to_do is not None and "longer URLs" in in_filter.to_do
+    assert verdict(report, "read").mark == "!!"
+    assert report.exit_code == 1 and report.stopped is None
+    text = report_text(report)
+    # Both findings share one cause and one remedy: listed once.
+    assert what_to_do(text) == [in_filter.to_do]
+    assert "What to do (exit code 1):" in text
+
+
+def test_an_answer_mateo_bulk_does_not_know_needs_action(sandbox: Sandbox) -> None:
+    """A 200 object for a PATCH that matched nothing and for a read: does not cope, exit 1."""
+    report = run_doctor(sandbox, fault_object=1.0)
+    for key in ("zero_match", "read"):
+        each = verdict(report, key)
+        assert each.mark == "!!" and each.copes is False and each.action_needed
+    assert report.answers["zero_match_means"] == "rows not asked for"
+    assert report.exit_code == 1
+    assert len(report.to_do) == 1 and "Mateo's support" in report.to_do[0]
+    assert what_to_do(report_text(report)) == report.to_do
 
 
 def test_object_response_one_is_not_claimed_from_a_zero_match(sandbox: Sandbox) -> None:
@@ -111,7 +207,9 @@ def test_object_response_first_is_seen_as_an_object(sandbox: Sandbox) -> None:
     assert report.answers["zero_match"]["body"] == "null"
     assert report.answers["zero_match_means"] == "object"
     zero_match = verdict(report, "zero_match")
-    assert not zero_match.ok and "back with GET" in zero_match.action
+    assert zero_match.documented is False and zero_match.copes is True
+    assert zero_match.mark == "~~" and "back with GET" in zero_match.action
+    assert report.exit_code == 0
 
 
 def test_select_alone_returns_a_body(sandbox: Sandbox) -> None:
@@ -122,24 +220,35 @@ def test_select_alone_returns_a_body(sandbox: Sandbox) -> None:
 
 
 def test_zero_match_404(sandbox: Sandbox) -> None:
-    """An old PostgREST's 404 for no match means not_found; in. still counts as accepted."""
+    """An old PostgREST's 404 for no match: [~~], rows read back; in. still counts as accepted."""
     report = run_doctor(sandbox, zero_match_404=True)
     assert report.answers["zero_match_means"] == "not found 404"
+    assert verdict(report, "zero_match").mark == "~~" and report.exit_code == 0
     assert report.answers["in_filter_accepted"] is True
     assert report.answers["recommended_batch_size"] == 100
     assert report.answers["prefer_forwarded"] is None
 
 
 def test_forced_single_object(sandbox: Sandbox) -> None:
-    """406 PGRST116 on the zero-match and 2-id PATCHes: one row per request, no length test."""
+    """406 PGRST116 on the 2-id read and PATCHes: one row per request, [!!], exit 1."""
     report = run_doctor(sandbox, force_single_object=True)
     answers = report.answers
     assert answers["single_object_forced"] is True
     assert answers["in_filter_accepted"] is False
+    assert answers["read_in_filter_accepted"] is False
     assert answers["recommended_batch_size"] == 1
     assert answers["longest_in_list_accepted"] is None
     assert "one row per request" in verdict(report, "in_filter").action
-    assert report.requests == 5
+    assert report.requests == 6
+    single = verdict(report, "single_object")
+    assert single.mark == "!!" and single.copes is True and single.documented is False
+    assert "never not_found by itself" in single.action
+    # One cause, one [!!]: the 406s of the other questions point to this one.
+    assert [key for key, mark in marks(report).items() if mark == "!!"] == ["single_object"]
+    assert report.exit_code == 1
+    text = report_text(report)
+    assert what_to_do(text) == [single.to_do]
+    assert "requests per row" in text[text.rindex("What to do") :]
 
 
 def test_content_range_dropped(sandbox: Sandbox) -> None:
@@ -157,7 +266,11 @@ def test_prefer_dropped(sandbox: Sandbox) -> None:
     assert answers["prefer_forwarded"] is False
     assert answers["zero_match_means"] == "no content"
     assert answers["body_with_prefer_and_select"] is False
-    assert "back with GET" in verdict(report, "prefer_and_select").action
+    prefer = verdict(report, "prefer_and_select")
+    assert "back with GET" in prefer.action
+    assert prefer.mark == "~~" and prefer.documented is False
+    assert verdict(report, "zero_match").documented is True  # 204 is PostgREST's no-match too
+    assert report.exit_code == 0
 
 
 def test_prefer_dropped_but_select_brings_the_body(sandbox: Sandbox) -> None:
@@ -185,7 +298,9 @@ def test_url_limit_below_50_ids(sandbox: Sandbox) -> None:
     assert report.answers["longest_in_list_accepted"] == 20
     assert report.answers["recommended_batch_size"] == 20
     in_filter = verdict(report, "in_filter")
-    assert not in_filter.ok and "--batch-size 20" in in_filter.action
+    assert in_filter.mark == "~~" and "--batch-size 20" in in_filter.action
+    # Runs start at the stored batch size by themselves: nothing for the user to do.
+    assert not in_filter.action_needed and report.exit_code == 0
 
 
 def test_postgrest_error_body(sandbox: Sandbox) -> None:
@@ -244,7 +359,10 @@ def test_spent_quota_stops_early_and_tells_about_retry_after(
     assert report.exit_code == 3
     assert report.stopped is not None and "rate limited" in report.stopped
     assert report.answers["retry_after_on_429"] is retry_after_header
-    assert verdict(report, "zero_match").observed == "not asked: doctor stopped early"
+    not_asked = verdict(report, "zero_match")
+    assert not_asked.observed == "not asked: doctor stopped early"
+    assert not_asked.mark == "!!" and not_asked.documented is None and not_asked.copes is None
+    assert report.to_do[0] == f"doctor stopped early: {report.stopped}"
     assert report.answers_file is None
 
 
@@ -290,6 +408,22 @@ def test_answers_file_holds_no_token_and_loads_back(sandbox: Sandbox, state_dir:
     assert load_answers("another-token", sandbox.base_url) is None
 
 
+def test_answers_of_the_first_format_still_load(sandbox: Sandbox) -> None:
+    """Format 2 is written; a format-1 file (verdicts with `ok`) still gives its answers."""
+    run_doctor(sandbox)
+    path = answers_path(sandbox.token)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert document["format"] == 2
+    assert {"documented", "copes", "action_needed", "to_do", "mark"} <= set(document["verdicts"][0])
+    document["format"] = 1
+    document["verdicts"] = [
+        {"key": "token", "question": "?", "observed": "", "action": "", "ok": True}
+    ]
+    path.write_text(json.dumps(document), encoding="utf-8")
+    loaded = load_answers(sandbox.token, sandbox.base_url)
+    assert loaded is not None and loaded["answers"]["recommended_batch_size"] == 100
+
+
 def test_requests_count_in_the_daily_ledger(sandbox: Sandbox) -> None:
     """Doctor's requests come out of the account's daily budget, shared with runs."""
     report = run_doctor(sandbox)
@@ -319,11 +453,19 @@ def test_spent_ledger_stops_before_sending(sandbox: Sandbox) -> None:
 
 
 def test_report_text_has_a_verdict_per_question(sandbox: Sandbox) -> None:
-    """The plain-text output names each question, its observation and the request count."""
+    """The text: a legend, each question with its mark, the docs and mateo-bulk, what to do."""
     report = run_doctor(sandbox)
     text = report_text(report)
+    legend = text.index("legend: [ok] as documented")
+    assert legend < text.index("[~~] not as documented") < text.index("[!!] needs your action")
+    assert legend < text.index(report.verdicts[0].question)
     for each in report.verdicts:
-        assert each.question in text
+        assert f"[{each.mark}] {each.question}" in text
+    assert len(marked_lines(text)) == len(report.verdicts)
+    assert (
+        text.count("     docs:       ") == text.count("     mateo-bulk: ") == len(report.verdicts)
+    )
+    assert text.rstrip().endswith(f"What to do: {NOTHING_TO_DO}.")
     assert f"{report.requests} requests sent" in text
     assert sandbox.token not in text
     assert report.requests < MAX_REQUESTS + 1
@@ -343,10 +485,33 @@ def test_cli_against_mateo_limits(sandbox: Sandbox, state_dir: Path) -> None:
     assert stats["updates"] == 0 and stats["safety_violations"] == 0
     assert sandbox.rows() == before
     assert document["answers"]["ratelimit_headers"]["ratelimit-limit"] == "2"
+    assert document["exit_code"] == 0 and document["to_do"] == []
+    assert set(document["legend"]) == {"ok", "~~", "!!"}
+    for each in document["verdicts"]:
+        assert each["mark"] == "ok"
+        assert each["documented"] is True and each["copes"] is True
+        assert each["action_needed"] is False and each["to_do"] is None
+        assert each["docs"]
     assert sandbox.token not in result.stdout + result.stderr
     stored = Path(document["answers_file"])
     assert stored.is_relative_to(state_dir)
     assert sandbox.token not in stored.read_text(encoding="utf-8")
+
+
+def test_cli_exits_1_when_a_finding_needs_action(sandbox: Sandbox, state_dir: Path) -> None:
+    """A forced single object: exit 1, [!!] and the remedy under "What to do", in JSON too."""
+    sandbox.configure(force_single_object=True)
+    result = run_cli("--base-url", sandbox.base_url, token=sandbox.token, state=state_dir)
+    assert result.returncode == 1, result.stderr
+    assert "[!!] Does the proxy force a single-object answer" in result.stdout
+    assert "What to do (exit code 1):" in result.stdout
+    assert "Traceback" not in result.stderr
+    result = run_cli("--base-url", sandbox.base_url, "--json", token=sandbox.token, state=state_dir)
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 1 and len(document["to_do"]) == 1
+    needing = [each["key"] for each in document["verdicts"] if each["action_needed"]]
+    assert needing == ["single_object"]
 
 
 def test_cli_wrong_token(sandbox: Sandbox, state_dir: Path) -> None:
@@ -367,7 +532,9 @@ def test_cli_sandbox_needs_no_token(state_dir: Path) -> None:
     """`doctor --sandbox` diagnoses a sandbox with Mateo's limits and stores nothing."""
     result = run_cli("--sandbox", token=None, state=state_dir)
     assert result.returncode == 0, result.stderr
-    assert "Is the token valid?" in result.stdout
+    assert "[ok] Is the token valid?" in result.stdout
+    assert "legend: " in result.stdout
+    assert f"What to do: {NOTHING_TO_DO}." in result.stdout
     assert "requests sent" in result.stdout
     assert not (state_dir / "accounts").exists()
 
