@@ -442,6 +442,16 @@ def valid_rows(lines: Iterable[InputLine]) -> dict[int, InputLine]:
 # --- Evidence: the sandbox's request log, tapped where it is written ----------------------------
 
 
+def _changed_fields(commits: Iterable[Commit]) -> set[str]:
+    """The fields (by name) that the commits changed."""
+    return {
+        name
+        for commit in commits
+        for name, old, new in zip(FIELDS, commit.before, commit.after, strict=True)
+        if old != new
+    }
+
+
 @dataclass(frozen=True)
 class Commit:
     """One row a committed PATCH updated, with its fields before and after."""
@@ -1162,29 +1172,44 @@ class Checker:
                 )
 
     def _undo_keeps_later_changes(self) -> Iterator[Violation]:
-        """A row someone else changed after the run's last change keeps that change: the undo
-        expects the values the run set, so it must end `conflict` there, not overwrite."""
+        """A field someone else changed after the run's last change keeps that change: the
+        undo restores only the fields the run changed, each guarded by the value the run left,
+        so it must end `conflict` on such a field, never overwrite it. (Another field of the
+        same row, which the run changed and no one touched since, is restored: the undo's
+        promise is per field, as its expect_* columns are.)"""
         records = self.evidence.records
-        last_writer: dict[str, int] = {}
-        for record in records:
-            for commit in record.commits:
-                if record.actor == "writer" and commit.changed:
-                    last_writer[commit.conversation_id] = commit.seq
-        undone = {
-            commit.conversation_id: record
+        writer_commits = [
+            commit
             for record in records
-            if record.actor == "cli" and record.phase == "undo"
+            if record.actor == "writer"
             for commit in record.commits
             if commit.changed
-        }
-        for conversation_id, record in sorted(undone.items()):
-            run_changes = [c.seq for _, c in self.commits.get(conversation_id, []) if c.changed]
-            if run_changes and last_writer.get(conversation_id, 0) > max(run_changes):
-                yield Violation(
-                    "5 undo/overwrote-a-later-change",
-                    f"conversation {conversation_id}: someone else changed it after the run, "
-                    f"and the undo at {self.at(record.arrived)} changed it again",
+        ]
+        for record in records:
+            if record.actor != "cli" or record.phase != "undo":
+                continue
+            for commit in record.commits:
+                if not commit.changed:
+                    continue
+                conversation_id = commit.conversation_id
+                run_changes = [
+                    c.seq for _, c in self.commits.get(conversation_id, []) if c.changed
+                ]
+                if not run_changes:
+                    continue
+                later = _changed_fields(
+                    c
+                    for c in writer_commits
+                    if c.conversation_id == conversation_id and c.seq > max(run_changes)
                 )
+                overwritten = later & _changed_fields([commit])
+                if overwritten:
+                    yield Violation(
+                        "5 undo/overwrote-a-later-change",
+                        f"conversation {conversation_id}: someone else changed "
+                        f"{', '.join(sorted(overwritten))} after the run, and the undo at "
+                        f"{self.at(record.arrived)} changed it again",
+                    )
 
     # 6 ------------------------------------------------------------------------------------
     def invocations(self) -> Iterator[Violation]:

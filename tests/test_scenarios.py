@@ -261,3 +261,27 @@ def test_the_checker_sees_each_broken_promise(breakage: Any, kind: str) -> None:
     evidence = _clean_evidence()
     breakage(evidence)
     assert kind in {violation.kind for violation in Checker(evidence).all()}
+
+
+def test_an_undo_of_one_field_beside_a_later_change_of_another_is_kept() -> None:
+    """The undo restores the field the run changed; someone's later change of another field of
+    the same row is left as it is, and that is no violation (the promise is per field)."""
+    evidence = _clean_evidence()
+    first = evidence.scenario.lines[0].conversation_id or ""
+    run_before = evidence.records[1].commits[0].before
+    run_left = evidence.records[1].commits[0].after
+    other_inbox = ("someone-elses-inbox", run_left[1], run_left[2])
+    undone = (other_inbox[0], other_inbox[1], run_before[2])
+    evidence.touched.add(first)
+    evidence.records += [
+        RequestRecord(
+            "writer", "main", "PATCH", f"id=eq.{first}", 6.0, 6.1, {"status": 200},
+            [Commit(first, run_left, other_inbox, 10)],
+        ),
+        RequestRecord(
+            "cli", "undo", "PATCH", f"id=eq.{first}", 7.0, 7.1, {"status": 200},
+            [Commit(first, other_inbox, undone, 11)],
+        ),
+    ]  # fmt: skip
+    kinds = {violation.kind for violation in Checker(evidence).all()}
+    assert "5 undo/overwrote-a-later-change" not in kinds
