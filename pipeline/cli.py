@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -23,6 +24,9 @@ from pipeline.runner import RunSettings, RunSummary, export_report, resume, run,
 from pipeline.validate import parse_fixed_values
 
 TOKEN_VARIABLE = "MATEO_API_TOKEN"
+#: At a terminal, a run that would change more rows than this asks first: a wrong file or a
+#: query's typo is cheapest to catch before the first PATCH, and small runs need no ceremony.
+CONFIRM_ABOVE = 100
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,6 +204,27 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tr
         help="send PATCHes without the values read as filters (a row changed meanwhile is "
         "overwritten)",
     )
+    safety.add_argument(
+        "--max-changes",
+        type=_number(int, 0),
+        metavar="N",
+        help="refuse to start (exit 2, nothing sent) if more than N rows would change; counted "
+        "before the snapshot: rows already at their target count too (apply: the plan's "
+        "change rows; job: the query's selection)",
+    )
+    safety.add_argument(
+        "--expect-rows",
+        type=_number(int, 0),
+        metavar="N",
+        help="refuse to start (exit 2, nothing sent) unless the input has exactly N data rows "
+        "(apply: the plan's change rows; job: the query selects exactly N)",
+    )
+    safety.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"do not ask before changing more than {CONFIRM_ABOVE} rows (asked only when "
+        "stdin and stdout are terminals; never on a dry run or plan)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--dry-run", action="store_true", help="validate and write the report; send nothing"
@@ -224,6 +249,69 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tr
         help="text: progress and messages for people; json: one JSON object per event on "
         "stderr (start, progress, stop, summary) and nothing else, for schedulers",
     )
+
+
+def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that only read (export, verify): how to reach the API."""
+    source = parser.add_argument_group("API")
+    _add_token_argument(source)
+    source.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help=f"the API's base URL (default {DEFAULT_BASE_URL}, or {BASE_URL_VARIABLE}); "
+        "plain http:// only for loopback hosts",
+    )
+    source.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="read the bundled sandbox, started on a free loopback port with Mateo's limits "
+        "and sample_data/ (no token needed; it ends with the command)",
+    )
+    sending = parser.add_argument_group("sending")
+    sending.add_argument(
+        "--rate",
+        type=_rate,
+        default=2.0,
+        metavar="RPS",
+        help="requests per second, or 'unlimited' (default 2: Mateo allows 2/s, 10,000/day)",
+    )
+    sending.add_argument(
+        "--max-attempts",
+        type=_number(int, 1),
+        default=5,
+        metavar="N",
+        help="attempts per request on 429, 5xx, timeouts and connection errors (default 5)",
+    )
+    sending.add_argument(
+        "--timeout",
+        type=_number(float, 0.001),
+        default=10.0,
+        metavar="S",
+        help="seconds per request (default 10; Mateo cuts requests off at 2 s)",
+    )
+    quota = parser.add_argument_group("daily budget")
+    quota.add_argument(
+        "--daily-quota",
+        type=_number(int, 1),
+        default=DEFAULT_DAILY_QUOTA,
+        metavar="N",
+        help="requests the account may send per day, shared by every run on this machine "
+        f"(default {DEFAULT_DAILY_QUOTA:,})",
+    )
+    quota.add_argument(
+        "--max-requests",
+        type=_number(int, 1),
+        metavar="N",
+        help="the most requests this command may send; then it stops, writing nothing",
+    )
+    quota.add_argument(
+        "--quota-reset-utc",
+        default="00:00",
+        metavar="HH:MM",
+        help="when the API's day starts, in UTC (default 00:00)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 #: The default of every `job` flag: the job file's value (or the default) applies.
@@ -397,6 +485,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor_parser.set_defaults(handler=_doctor_command)
 
+    export_parser = commands.add_parser(
+        "export",
+        help="write the conversations some filters select, with their current values, as an "
+        "input file",
+        description="Write the conversations that every --where filter selects, in id order, "
+        "with their current inbox_id, assignee_id and status, to a .csv or .parquet file: the "
+        "start of a migration file. Edit the target columns and give the file to plan or run. "
+        "The expect_* columns hold the same current values and guard each row: a conversation "
+        "changed after the export is left alone (conflict); delete them to overwrite. Reads "
+        "only (one GET per 50 conversations, paced and counted in the daily budget).",
+    )
+    export_parser.add_argument(
+        "--where",
+        metavar="COLUMN=OP.VALUE",
+        action="append",
+        required=True,
+        help="a filter as in a job file's [source.query], e.g. status=eq.open, "
+        "latest_message_created_at=lt.{now-30d}, 'or=(status.eq.open,assignee_id.is.null)' "
+        "(repeatable; all must match)",
+    )
+    export_parser.add_argument(
+        "--output",
+        metavar="PATH",
+        type=Path,
+        required=True,
+        help="the file to write: .csv or .parquet (written whole, or not at all)",
+    )
+    export_parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    _add_read_arguments(export_parser)
+    export_parser.set_defaults(handler=_export_command)
+
+    verify_parser = commands.add_parser(
+        "verify",
+        help="check whether the input's conversations are at their targets now; change nothing",
+        description="Read the current values of the input's conversations and say, row by row, "
+        "whether each is at its targets (at_target), is not (differs), no longer exists (gone) "
+        "or cannot be checked (invalid). Reads only. Exit 0 when every row is at its targets, "
+        "1 otherwise.",
+    )
+    verify_parser.add_argument(
+        "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
+    )
+    verify_parser.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN",
+        action="append",
+        default=[],
+        type=_assignment,
+        help="read FIELD from COLUMN, as the run did (repeatable)",
+    )
+    verify_parser.add_argument(
+        "--set",
+        metavar="FIELD=VALUE",
+        action="append",
+        default=[],
+        type=_assignment,
+        help="FIELD's target for every row, as the run had it (repeatable)",
+    )
+    verify_parser.add_argument(
+        "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)"
+    )
+    verify_parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        help="write one line per row (state, targets, current values, what differs) to this "
+        ".csv or .parquet file",
+    )
+    _add_read_arguments(verify_parser)
+    verify_parser.set_defaults(handler=_verify_command)
+
     from pipeline.sandbox import command as sandbox_command
 
     sandbox_parser = commands.add_parser(
@@ -463,6 +622,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         wait=args.wait,
         snapshot=args.snapshot,
         guarded=args.guarded,
+        max_changes=args.max_changes,
+        expect_rows=args.expect_rows,
     )
 
 
@@ -485,7 +646,7 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         args.sandbox = False  # a dry run sends nothing: no sandbox needed
     with _sandbox_for(args, settings, quiet=args.log_format == "json") as settings:
-        summary = _run_with_display(settings, args.quiet, args.log_format)
+        summary = _run_with_display(settings, args.quiet, args.log_format, ask=_may_ask(args))
     if args.log_format == "json":
         from pipeline.progress import summary_text
 
@@ -512,7 +673,10 @@ def _apply_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _sandbox_for(args, settings) as settings:
         with _progress_display(args.quiet) as display:
-            summary = apply_plan(args.input, settings, on_progress=display)
+            # apply sends the plan's change rows as they are: no snapshot skips any of them.
+            exact = dataclasses.replace(settings, snapshot=False)
+            confirm = _confirmation(exact, display) if _may_ask(args) else None
+            summary = apply_plan(args.input, settings, on_progress=display, confirm=confirm)
     _print_summary(summary)
     return summary.exit_code
 
@@ -544,17 +708,56 @@ def _bundled_sandbox(quiet: bool) -> Iterator[tuple[str, str]]:
         yield sandbox.base_url, sandbox.token
 
 
-def _run_with_display(settings: RunSettings, quiet: bool, log_format: str = "text") -> RunSummary:
+def _run_with_display(
+    settings: RunSettings, quiet: bool, log_format: str = "text", *, ask: bool = False
+) -> RunSummary:
     if log_format == "json":
         from pipeline.events import JsonEvents
 
         events = JsonEvents()
         events.start(command="run", input=settings.input, dry_run=settings.dry_run)
-        summary = run(settings, on_progress=None if quiet else events)
+        confirm = _confirmation(settings) if ask else None
+        summary = run(settings, on_progress=None if quiet else events, confirm=confirm)
         events.summary(summary)
         return summary
     with _progress_display(quiet) as display:
-        return run(settings, on_progress=display)
+        confirm = _confirmation(settings, display) if ask else None
+        return run(settings, on_progress=display, confirm=confirm)
+
+
+def _may_ask(args: argparse.Namespace) -> bool:
+    """Only a person can answer: stdin and stdout both terminals, and no --yes."""
+    return args.yes is not True and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _confirmation(settings: RunSettings, display: Any = None) -> Callable[[int], bool]:
+    """Asks on the terminal before more than CONFIRM_ABOVE rows change; only "y" goes on."""
+
+    def confirm(count: int) -> bool:
+        if count <= CONFIRM_ABOVE:
+            return True
+        fewer = " (fewer if some are already at their target)" if settings.snapshot else ""
+        question = (
+            f"mateo-bulk: {count:,} rows will change on {settings.base_url}{fewer} — "
+            "continue? [y/N] "
+        )
+        # The live bar would draw over the question; the event loop's own Ctrl-C handler
+        # would only act once the answer is in, so Ctrl-C here means "no", at once.
+        with getattr(display, "paused", contextlib.nullcontext)():
+            previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                print(question, end="", flush=True)
+                answer = sys.stdin.readline()
+            except KeyboardInterrupt:
+                answer = ""
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            if not answer.endswith("\n"):
+                print(flush=True)  # Ctrl-C or Ctrl-D: end the question's line
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
 
 
 def _job_command(args: argparse.Namespace) -> int:
@@ -611,10 +814,16 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
                 run_dir=plan.settings.run_dir,
             )
             return jobs.run_job(
-                plan, on_progress=None if options["quiet"] else events, on_selected=events.selected
+                plan,
+                on_progress=None if options["quiet"] else events,
+                on_selected=events.selected,
+                confirm=_confirmation(plan.settings) if _may_ask(args) else None,
             )
         with _progress_display(options["quiet"]) as display:
-            return jobs.run_job(plan, on_progress=display, on_selected=_print_selected)
+            confirm = _confirmation(plan.settings, display) if _may_ask(args) else None
+            return jobs.run_job(
+                plan, on_progress=display, on_selected=_print_selected, confirm=confirm
+            )
 
     if options["sandbox"]:
         plan = jobs.plan_job(spec, flags, default_base_url=base_url)
@@ -746,6 +955,119 @@ def _doctor_command(args: argparse.Namespace) -> int:
     if report.stopped:
         print(f"mateo-bulk: doctor stopped early: {report.stopped}", file=sys.stderr)
     return report.exit_code
+
+
+@contextmanager
+def _read_settings(args: argparse.Namespace) -> Iterator[Any]:
+    """The ReadSettings of export and verify: pointed at a bundled sandbox with --sandbox."""
+    from pipeline.export import ReadSettings
+
+    settings = ReadSettings(
+        token="" if args.sandbox else _read_token(args),
+        base_url=args.base_url or os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL,
+        rate=args.rate,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+        daily_quota=args.daily_quota,
+        max_requests=args.max_requests,
+        quota_reset_utc=args.quota_reset_utc,
+    )
+    if not args.sandbox:
+        yield settings
+        return
+    with _bundled_sandbox(args.quiet) as (base_url, token):
+        yield dataclasses.replace(settings, base_url=base_url, token=token)
+
+
+def _read_progress(label: str, quiet: bool) -> Callable[[int, int], None] | None:
+    """A one-line counter on a terminal; nothing in a pipe or a log."""
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(rows: int, requests: int) -> None:
+        print(f"\r{label}: {rows:,} rows, {requests:,} requests", end="", file=sys.stderr)
+
+    return show
+
+
+def _end_progress(progress: Callable[[int, int], None] | None) -> None:
+    if progress is not None:
+        print(file=sys.stderr)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from pipeline.export import check_output_path, check_query, export_rows, parse_where
+
+    filters = parse_where(args.where)
+    # Checked before a sandbox starts or a token is read: a bad flag costs nothing.
+    check_query(filters)
+    check_output_path(args.output, flag="--output", force=args.force)
+    progress = _read_progress("export", args.quiet)
+    try:
+        with _read_settings(args) as settings:
+            summary = export_rows(
+                filters, args.output, settings, force=args.force, on_progress=progress
+            )
+    except RunStopped as error:
+        _end_progress(progress)
+        print(
+            f"mateo-bulk: export stopped before the end: {error}; nothing was written to "
+            f"{args.output}, run the export again",
+            file=sys.stderr,
+        )
+        return error.exit_code
+    _end_progress(progress)
+    requests = f"{summary.requests:,} request{'s' if summary.requests != 1 else ''}"
+    print(f"export: {summary.rows:,} conversations written to {summary.path} ({requests})")
+    written = ", ".join(f"{column}={value}" for column, value in summary.query.filters.items())
+    dates = ", ".join(f"{name} = {value}" for name, value in summary.query.dates.items())
+    print(f"  filters: {written}" + (f" ({dates})" if dates else ""))
+    if summary.rows:
+        print(
+            "  next: edit the targets (inbox_id, assignee_id, status; expect_* guard each row), "
+            f"then: mateo-bulk plan {summary.path}"
+        )
+    return 0
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    from pipeline.export import VerifyState, verify_rows
+
+    column_map = {}
+    for assignment in args.map:
+        field, _, column = assignment.partition("=")
+        column_map[field.strip()] = column.strip()
+    fixed_values = parse_fixed_values(args.set)
+    progress = _read_progress("verify", args.quiet)
+    try:
+        with _read_settings(args) as settings:
+            summary = verify_rows(
+                args.input,
+                settings,
+                column_map=column_map,
+                fixed_values=fixed_values,
+                delimiter=args.delimiter,
+                report=args.report,
+                on_progress=progress,
+            )
+    finally:
+        _end_progress(progress)
+    counts = summary.counts
+    requests = f"{summary.requests:,} request{'s' if summary.requests != 1 else ''}"
+    print(
+        f"verify: {summary.rows:,} rows: {counts[VerifyState.AT_TARGET]:,} at target, "
+        f"{counts[VerifyState.DIFFERS]:,} differ, {counts[VerifyState.GONE]:,} gone, "
+        f"{counts[VerifyState.INVALID]:,} invalid ({requests})"
+    )
+    for example in summary.examples:
+        print(f"  {example}")
+    others = summary.rows - counts[VerifyState.AT_TARGET] - len(summary.examples)
+    if others > 0:
+        where = "" if summary.report_path else " (--report PATH lists every row)"
+        print(f"  … and {others:,} more not at target{where}")
+    if summary.report_path is not None:
+        print(f"report: {summary.report_path}")
+    return summary.exit_code
 
 
 def _print_summary(summary: RunSummary, *, sandbox: bool = False) -> None:

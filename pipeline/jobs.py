@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import shutil
 import string
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,14 @@ from pipeline.query_source import resolve_query as _resolve_query
 from pipeline.quota import QuotaExhausted, parse_reset_time
 from pipeline.reader import MAPPABLE_FIELDS, open_input
 from pipeline.report import REPORT_FORMATS, write_report
-from pipeline.runner import ProgressCallback, RunSettings, RunSummary, default_run_dir, run_async
+from pipeline.runner import (
+    Confirm,
+    ProgressCallback,
+    RunSettings,
+    RunSummary,
+    default_run_dir,
+    run_async,
+)
 from pipeline.validate import UNSET, parse_cell, parse_fixed_values
 
 LOG_FORMATS = ("text", "json")
@@ -193,7 +201,12 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_wait": _at_least(0, integer=False),
         "wait": _boolean,
     },
-    "safety": {"snapshot": _boolean, "guarded": _boolean},
+    "safety": {
+        "snapshot": _boolean,
+        "guarded": _boolean,
+        "max_changes": _at_least(0),
+        "expect_rows": _at_least(0),
+    },
     "output": {
         "report": _report_path,
         "run_dir": _path_template,
@@ -548,6 +561,8 @@ def plan_job(
         snapshot=options["snapshot"],
         guarded=options["guarded"],
         guard=dict(query.resolved) if query else {},
+        max_changes=options.get("max_changes"),
+        expect_rows=options.get("expect_rows"),
     )
     return JobPlan(spec, settings, options, query, spec.max_failed_share)
 
@@ -632,6 +647,7 @@ def run_job(
     on_progress: ProgressCallback | None = None,
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    confirm: Confirm | None = None,
 ) -> JobSummary:
     """Run a planned job to its end (or a stop); InputError before anything is sent."""
     return anyio.run(
@@ -641,6 +657,7 @@ def run_job(
             on_progress=on_progress,
             on_selected=on_selected,
             transport=transport,
+            confirm=confirm,
         )
     )
 
@@ -651,11 +668,14 @@ async def run_job_async(
     on_progress: ProgressCallback | None = None,
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    confirm: Confirm | None = None,
 ) -> JobSummary:
     """The same as `run_job`, inside a running event loop."""
     settings = plan.settings
     if plan.query is None:
-        summary = await run_async(settings, on_progress=on_progress, transport=transport)
+        summary = await run_async(
+            settings, on_progress=on_progress, transport=transport, confirm=confirm
+        )
         return JobSummary(plan, summary)
     settings.check()
     if not settings.token:
@@ -671,25 +691,35 @@ async def run_job_async(
             f"{run_dir} already holds a run: continue it with `mateo-bulk resume {run_dir}` "
             "or choose another run_dir (a {timestamp} placeholder keeps them apart)"
         )
+    made_run_dir = not run_dir.exists()
     selected = await select_ids(plan.query, settings, run_dir, transport=transport)
     if on_selected is not None:
         on_selected(selected)
-    if selected.rows == 0:
-        # The reader refuses a file without rows; an empty selection is the normal answer of
-        # a job run again, so it ends here: an empty report, nothing sent but the GETs.
-        report = Path(settings.report) if settings.report else run_dir / "report.csv"
-        await anyio.to_thread.run_sync(write_report, [], report)
-        return JobSummary(plan, None, selected, report)
-    if settings.max_requests is not None:
-        # The GETs count toward the job's own request limit, as they do toward the day's.
-        left = settings.max_requests - selected.requests
-        if left < 1:
-            raise QuotaExhausted(
-                f"the query's {selected.requests} GETs used all of max_requests "
-                f"{settings.max_requests}; raise it and start the job again"
-            )
-        settings = dataclasses.replace(settings, max_requests=left)
-    summary = await run_async(settings, on_progress=on_progress, transport=transport)
+    try:
+        _check_selection(settings, selected)
+        if selected.rows == 0:
+            # The reader refuses a file without rows; an empty selection is the normal answer
+            # of a job run again, so it ends here: an empty report, nothing sent but the GETs.
+            report = Path(settings.report) if settings.report else run_dir / "report.csv"
+            await anyio.to_thread.run_sync(write_report, [], report)
+            return JobSummary(plan, None, selected, report)
+        if settings.max_requests is not None:
+            # The GETs count toward the job's own request limit, as they do toward the day's.
+            left = settings.max_requests - selected.requests
+            if left < 1:
+                raise QuotaExhausted(
+                    f"the query's {selected.requests} GETs used all of max_requests "
+                    f"{settings.max_requests}; raise it and start the job again"
+                )
+            settings = dataclasses.replace(settings, max_requests=left)
+        summary = await run_async(
+            settings, on_progress=on_progress, transport=transport, confirm=confirm
+        )
+    except InputError:
+        # Nothing was changed; a run directory holding only the ids would block the next run.
+        if made_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     # The job's cost is the query's GETs and the run's requests: both count against the day.
     summary = dataclasses.replace(
         summary,
@@ -697,6 +727,22 @@ async def run_job_async(
         retries=summary.retries + selected.retries,
     )
     return JobSummary(plan, summary, selected)
+
+
+def _check_selection(settings: RunSettings, selected: SelectedIds) -> None:
+    """Refuse a selection of other than `expect_rows` rows, or of more than `max_changes`."""
+    gets = f"{selected.requests:,} GET{'s' if selected.requests != 1 else ''}"
+    spent = f"nothing was changed; only the query's {gets} went out"
+    if settings.expect_rows is not None and selected.rows != settings.expect_rows:
+        raise InputError(
+            f"the query selected {selected.rows:,} conversations, not the "
+            f"{settings.expect_rows:,} of expect_rows; {spent}"
+        )
+    if settings.max_changes is not None and selected.rows > settings.max_changes:
+        raise InputError(
+            f"the query selected {selected.rows:,} conversations, more than max_changes "
+            f"{settings.max_changes:,}; {spent}"
+        )
 
 
 def describe_job(plan: JobPlan) -> str:
@@ -719,6 +765,13 @@ def describe_job(plan: JobPlan) -> str:
         f"{settings.batch_size}, daily quota {settings.daily_quota:,}"
         + (f", at most {settings.max_requests:,} requests" if settings.max_requests else "")
     )
+    guards = []
+    if settings.max_changes is not None:
+        guards.append(f"at most {settings.max_changes:,} rows to change")
+    if settings.expect_rows is not None:
+        guards.append(f"exactly {settings.expect_rows:,} rows")
+    if guards:
+        lines.append(f"  row guards: {', '.join(guards)}")
     if plan.max_failed_share is not None:
         lines.append(f"  max_failed_share: {plan.max_failed_share:g}")
     return "\n".join(lines)

@@ -44,6 +44,9 @@ class Validation:
     rows_per_change: tuple[int, ...] = ()
     #: Valid rows past the first _TRACKED_CHANGES distinct changes: one request each.
     untracked_rows: int = 0
+    #: Conversations the run would send, each once: valid rows, less identical repeats and
+    #: conversations listed with different targets (what --max-changes counts).
+    conversations: int = 0
 
     def estimated_requests(self, batch_size: int) -> int:
         """PATCHes the run will cost if every group fills: rows with one change share them."""
@@ -117,6 +120,7 @@ def validate_file(input_file: InputFile, fixed: Mapping[str, str | None]) -> Val
         Duplicates(conflicting, followers_of, follower_rows),
         tuple(rows_per_change.values()),
         untracked,
+        len(seen) - len(conflicting),
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from pipeline.models import Outcome
@@ -90,6 +92,15 @@ class LiveProgress:
             limits=_limits(progress),
             counts=_counts(progress),
         )
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The bar stopped while a question is asked: it would redraw over the answer."""
+        self._bar.stop()
+        try:
+            yield
+        finally:
+            self._bar.start()
 
     def close(self) -> None:
         self._bar.stop()

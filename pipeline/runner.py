@@ -34,6 +34,7 @@ from pipeline.errors import InputError, Interrupted, MateoBulkError, RunStopped
 from pipeline.grouping import Grouper
 from pipeline.journal import Journal
 from pipeline.models import Guard, Outcome, RowRequest, RowResult
+from pipeline.outcomes import skipped
 from pipeline.prepare import Validation, sort_chunk, validate_file
 from pipeline.quota import Budget, QuotaLedger
 from pipeline.reader import InputFile, open_input
@@ -124,19 +125,29 @@ def default_run_dir(input_path: str | Path) -> Path:
     return candidate
 
 
+#: Asked, once the input is validated and before anything is sent, whether to go on with this
+#: many conversations to change (at most: rows already at their target are skipped); False
+#: refuses the run (InputError, nothing sent). Not asked on a dry run or a plan.
+Confirm = Callable[[int], bool]
+
+
 def run(
     settings: RunSettings,
     *,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    confirm: Confirm | None = None,
 ) -> RunSummary:
     """Run a bulk update to the end (or to a stop) and return its summary.
 
-    Raises InputError (nothing sent) for a bad file, column or setting. Every other problem
+    Raises InputError (nothing sent) for a bad file, column or setting, counts off
+    `max_changes` or `expect_rows`, or a `confirm` that said no. Every other problem
     ends up in the summary: per-row outcomes in `counts` and the report, a run-wide stop
     (auth, interrupt, safety) in `stopped`.
     """
-    return _run_in_loop(run_async(settings, on_progress=on_progress, transport=transport))
+    return _run_in_loop(
+        run_async(settings, on_progress=on_progress, transport=transport, confirm=confirm)
+    )
 
 
 #: Settings a resume may change: how the rest is sent, never what a row means.
@@ -192,6 +203,7 @@ async def run_async(
     *,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    confirm: Confirm | None = None,
 ) -> RunSummary:
     """The same as `run`, inside a running event loop."""
     settings.check()
@@ -218,9 +230,14 @@ async def run_async(
             problem = validation.problem()
             if settings.strict and problem:
                 raise InputError(f"{problem}; nothing was sent (--strict)")
+            # Only a new run is held to the counts: a resume goes on with one already accepted.
+            settings.check_row_counts(validation.total_rows, validation.conversations)
             fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
             if input_file.version() != version:
                 raise InputError(f"{settings.input} changed while it was validated; try again")
+            sends = not settings.dry_run and not settings.plan_only
+            if confirm is not None and sends and not confirm(validation.conversations):
+                raise InputError("not confirmed; nothing was sent")
             meta = {
                 "settings": settings.to_meta(),
                 "input": str(Path(settings.input).resolve()),
@@ -658,7 +675,7 @@ async def _send_all(
             if group is None:
                 return
             if control.stopping:
-                await send_results.send(row_results(group.rows, Outcome.SKIPPED))
+                await send_results.send(skipped(group.rows))
                 return
             await send_results.send(await sender.send(group))
 
@@ -667,7 +684,7 @@ async def _send_all(
             for _ in range(concurrency):
                 workers.start_soon(work)
         # The run stopped early: every row not handed out yet is reported as skipped.
-        await grouper.drain(lambda rows: send_results.send(row_results(rows, Outcome.SKIPPED)))
+        await grouper.drain(lambda rows: send_results.send(skipped(rows)))
 
 
 async def _watch_signals(control: RunControl, scope: CancelScope, everything: CancelScope) -> None:
@@ -726,17 +743,26 @@ def apply_plan(
     *,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    confirm: Confirm | None = None,
 ) -> RunSummary:
     """Apply exactly the `change` rows of a plan, each guarded by the values it was planned from.
 
     A row someone changed since the plan matches nothing and ends `conflict`, never overwritten.
+    `max_changes` and `expect_rows` count the plan's `change` rows (the rows applied).
     """
     plan_path = Path(plan_path)
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(plan_path)
-    changes = plan_to_input(plan_path, run_dir / "apply.csv", guarded=settings.guarded)
-    if not changes:
-        raise InputError(f"{plan_path} has no rows to change; nothing to apply")
-    settings = dataclasses.replace(
-        settings, input=run_dir / "apply.csv", run_dir=run_dir, snapshot=False, plan_only=False
-    )
-    return run(settings, on_progress=on_progress, transport=transport)
+    made_run_dir = not run_dir.exists()
+    try:
+        changes = plan_to_input(plan_path, run_dir / "apply.csv", guarded=settings.guarded)
+        if not changes:
+            raise InputError(f"{plan_path} has no rows to change; nothing to apply")
+        settings = dataclasses.replace(
+            settings, input=run_dir / "apply.csv", run_dir=run_dir, snapshot=False, plan_only=False
+        )
+        return run(settings, on_progress=on_progress, transport=transport, confirm=confirm)
+    except InputError:
+        # Nothing was sent: leave no run directory that holds only the rows it would have sent.
+        if made_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise

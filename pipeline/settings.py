@@ -67,6 +67,11 @@ class RunSettings:
     #: PostgREST filters every PATCH also carries, e.g. {"status": "eq.open"}: a row that no
     #: longer matches them is left alone and reported `conflict` (a job's query uses this).
     guard: Mapping[str, str] = field(default_factory=dict)
+    #: The most rows the run may change (`--max-changes`): more, and nothing is sent. Counted
+    #: before the snapshot, so rows already at their target count too. None: no limit.
+    max_changes: int | None = None
+    #: The input (or a job's query) must yield exactly this many rows (`--expect-rows`).
+    expect_rows: int | None = None
     #: The ledger's clock (tests pass a fake one to cross midnight); not a journaled setting.
     quota_clock: Callable[[], datetime] | None = field(default=None, repr=False, compare=False)
 
@@ -94,6 +99,12 @@ class RunSettings:
             raise InputError("--daily-quota must be at least 1")
         if self.max_requests is not None and self.max_requests < 1:
             raise InputError("--max-requests must be at least 1")
+        for name, count in (
+            ("--max-changes", self.max_changes),
+            ("--expect-rows", self.expect_rows),
+        ):
+            if count is not None and count < 0:
+                raise InputError(f"{name} must be 0 or more rows")
         if not self.max_wait >= 0:
             raise InputError("--max-wait must be 0 or more seconds")
         parse_reset_time(self.quota_reset_utc)
@@ -112,6 +123,20 @@ class RunSettings:
                 httpx.Headers({"Authorization": f"Bearer {self.token}"})
             except (UnicodeEncodeError, ValueError):
                 raise InputError("the API token holds characters a header cannot carry") from None
+
+    def check_row_counts(self, rows: int, changes: int) -> None:
+        """Raise InputError, before anything is sent, when the input's counts are not the ones
+        the run was told to expect: `rows` data rows, `changes` conversations to change."""
+        if self.expect_rows is not None and rows != self.expect_rows:
+            raise InputError(
+                f"the input has {rows:,} rows, not the {self.expect_rows:,} of --expect-rows; "
+                "nothing was sent"
+            )
+        if self.max_changes is not None and changes > self.max_changes:
+            raise InputError(
+                f"the input yields {changes:,} rows to change, more than --max-changes "
+                f"{self.max_changes:,}; nothing was sent"
+            )
 
     def to_meta(self) -> dict[str, Any]:
         """The settings as JSON values, without the token: what the journal keeps."""
