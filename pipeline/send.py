@@ -7,6 +7,7 @@ became of each row is decided by `outcomes`, from evidence, whatever the shape o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -170,9 +171,12 @@ class Sender:
     ) -> list[RowResult]:
         """A 4xx: this attempt changed nothing. Split, degrade, or report the rows refused."""
         if maybe_applied:
-            # This attempt changed nothing, but an earlier one may have: what the rows hold
-            # now decides, as for a PATCH that matched nothing.
-            return await self._judge(group, Answer(error.http_status or 400, []), attempts, True)
+            # An earlier attempt may have landed: the parts must know it, or a part that finds
+            # its row already at the target would call it unchanged.
+            group = dataclasses.replace(
+                group,
+                rows=tuple(dataclasses.replace(row, maybe_applied=True) for row in group.rows),
+            )
         if len(group) > 1 and error.http_status == 414:
             # The URL was too long for a proxy: halve the group, and the batch size with it.
             self._grouper.batch_size = max(1, min(self._grouper.batch_size, len(group) // 2))
@@ -194,6 +198,10 @@ class Sender:
                 f"{' ' + error.code if error.code else ''}): sending one row per request"
             )
             return await self._send_parts(group.split(1))
+        if maybe_applied:
+            # This attempt changed nothing, but an earlier one may have: what the rows hold
+            # now decides, as for a PATCH that matched nothing.
+            return await self._judge(group, Answer(error.http_status or 400, []), attempts, True)
         if len(group) == 1 and error.http_status == 406:
             # A forced single object for one id: 406 says the PATCH matched no row (missing,
             # or no longer matching its guard) and rolled back. Only a read can tell which.

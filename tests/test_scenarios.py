@@ -23,8 +23,10 @@ from tests.scenarios import (
 
 #: Scenarios chosen to run in under a minute on two idle cores and between them to cover kills of
 #: the run and of a resume, a second writer, --no-snapshot, --batch-size 1, every proxy unknown
-#: and every fault kind. `python -m tests.scenarios --count 500` runs many more.
-FIXED_SEEDS = (4, 7, 9, 11, 12, 13, 15, 22, 23, 24, 31, 37)
+#: and every fault kind. `python -m tests.scenarios --count 500` runs many more. 1185 found a
+#: lost answer (a cut-off) followed by a 406 for a grouped PATCH under --no-snapshot: the group
+#: must be split and sent again, not judged from rows that were already at their target.
+FIXED_SEEDS = (4, 7, 9, 11, 12, 13, 15, 22, 23, 24, 31, 37, 1185)
 
 
 @pytest.mark.timeout(300)  # the budget is ~60 s; a machine busy with other work may double it
