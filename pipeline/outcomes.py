@@ -64,9 +64,22 @@ def differences(request: RowRequest, returned: Values, before: Values | None) ->
 
 
 def updated(
-    request: RowRequest, returned: Values, *, http_status: int | None, attempts: int
+    request: RowRequest,
+    returned: Values,
+    *,
+    http_status: int | None,
+    attempts: int,
+    own_fields_only: bool = False,
 ) -> RowResult:
+    """The row changed by this run, with what it returned and its values before.
+
+    `own_fields_only`: the values come from a read long after the request (a resumed row), so a
+    field the run did not ask to change may since have been changed by someone else: such
+    fields are neither reported as a difference nor restored by the undo file.
+    """
     before = before_values(request)
+    if own_fields_only and before is not None:
+        before = {name: before[name] for name, _ in request.change.values if name in before}
     return RowResult(
         request.row,
         request.conversation_id,

@@ -51,7 +51,7 @@ def decide(
         # An earlier session sent this row and never learned the answer: judged against the
         # values it had then, not now (now they may be this run's own doing).
         if then is None or not holds_target(row, then):
-            return updated(row, values, http_status=200, attempts=0)
+            return updated(row, values, http_status=200, attempts=0, own_fields_only=True)
     if then is not None:
         must_hold = {name: then.get(name) for name, _ in row.change.values}
         why = "changed since the run read them"
