@@ -1147,9 +1147,22 @@ class Checker:
                 f"undo file, e.g. {changed[0]}",
             )
             return
+        # A row whose PATCH was never confirmed (maybe_applied) has no answer saying what else a
+        # proxy set in it: its undo promise covers the fields it asked to change.
+        asked_only = {
+            _normalised(line["conversation_id"]): [
+                index for index, name in enumerate(FIELDS) if line.get(f"target_{name}")
+            ]
+            for line in evidence.report or []
+            if line.get("error_code") == "maybe_applied"
+        }
         for conversation_id in changed:
             original = _values(evidence.initial[conversation_id])
             now = _values(evidence.after_undo[conversation_id])
+            fields = asked_only.get(conversation_id)
+            if fields is not None:
+                original = tuple(original[index] for index in fields)
+                now = tuple(now[index] for index in fields)
             if now != original:
                 yield Violation(
                     "5 undo/not-restored",
