@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from pipeline.sandbox import Sandbox, running_sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that declare a longer timeout than the default go first, longest first.
+
+    The tests run in parallel (pytest-xdist, see addopts in pyproject.toml): a minute-long test
+    started last would run alone at the end while the other workers sit idle.
+    """
+    default = float(config.getini("timeout") or 0)  # pytest-timeout's, from pyproject.toml
+
+    def declared(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("timeout")
+        if marker is None:
+            return 0.0
+        seconds = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0) or 0)
+        return seconds if seconds > default else 0.0
+
+    items.sort(key=declared, reverse=True)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +57,24 @@ def sandbox_client(sandbox: Sandbox) -> Iterator[httpx.Client]:
         timeout=10,
     ) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _private_working_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test runs in an empty directory of its own, and so does every CLI it starts.
+
+    The tests run in parallel (pytest-xdist), all from the repo root by default: a run without
+    --run-dir would write runs/<UTC second>-<input>/ there, where two workers can pick the same
+    name in the same second. Tests reach repo files by absolute paths (tests.helpers.REPO), and
+    a `python -m pipeline` they start imports this checkout's package, not the working
+    directory's.
+    """
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from pipeline.sandbox import Sandbox
 from tests.helpers import read_report, run_cli, write_csv
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on: bound, not listening, and held for the whole test.
+
+    A port released at once could be taken (tests run in parallel, each pytest-xdist worker
+    starting servers on port 0) and answer the connection the test expects refused.
+    """
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 def moving_rows(sandbox: Sandbox, tmp_path: Path, count: int) -> Path:
@@ -23,13 +31,13 @@ def moving_rows(sandbox: Sandbox, tmp_path: Path, count: int) -> Path:
 
 
 def test_an_unreachable_api_stops_within_seconds_and_costs_nothing(
-    sandbox: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path, closed_port: int
 ) -> None:
     """A refused connection: exit 3 in seconds, the cause named, rows skipped, no budget spent."""
     path = moving_rows(sandbox, tmp_path, 200)
     started = time.monotonic()
     result = run_cli(
-        "run", path, "--base-url", f"http://127.0.0.1:{free_port()}/api/v1",
+        "run", path, "--base-url", f"http://127.0.0.1:{closed_port}/api/v1",
         "--rate", "unlimited", "--run-dir", tmp_path / "run", "--quiet", token="tok-" + "a" * 30,
     )  # fmt: skip
     assert time.monotonic() - started < 60
@@ -105,6 +113,9 @@ def test_status_of_a_killed_run_says_the_process_is_gone(
     deadline = time.monotonic() + 30
     while sandbox.stats()["requests"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
+    # From here each answer takes a minute: the run is still going when `status` looks, however
+    # long a busy machine takes to start it (the sandbox's reset wakes these requests after).
+    sandbox.configure(latency_ms=60_000)
     live = run_cli("status", tmp_path / "run")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.sandbox import Sandbox, SandboxState, generate_dataset, load_seed
 from pipeline.sandbox.data import SAMPLE_SIZE
+from tests.helpers import SAMPLE
 
 ERROR_KEYS = {"code", "message", "details", "hint", "status"}
 UNKNOWN_UUID = "00000000-0000-4000-8000-00000000abcd"
@@ -37,7 +38,7 @@ def _error(response: httpx.Response, status: int, code: str) -> dict[str, object
 
 def test_sample_data_is_the_generated_dataset() -> None:
     """sample_data/ holds exactly what generate_dataset makes, so both can be regenerated."""
-    loaded = load_seed("sample_data/conversations.csv")
+    loaded = load_seed(SAMPLE / "conversations.csv")
     generated = generate_dataset(SAMPLE_SIZE)
     assert list(loaded.rows) == list(generated.rows)
     assert loaded.inboxes == generated.inboxes and loaded.agents == generated.agents
@@ -45,7 +46,7 @@ def test_sample_data_is_the_generated_dataset() -> None:
 
 def test_sample_data_shape() -> None:
     """The sample has ~300 rows over 5 inboxes (one empty) and 8 agents, some unassigned."""
-    dataset = load_seed("sample_data/conversations.csv")
+    dataset = load_seed(SAMPLE / "conversations.csv")
     used_inboxes = {row["inbox_id"] for row in dataset.rows}
     assert len(dataset.rows) == 300 and len(dataset.inboxes) == 5 and len(dataset.agents) == 8
     assert len(dataset.inbox_ids - used_inboxes) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,36 @@ from pipeline.sandbox.command import flag_for
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free now, for a `mateo-bulk sandbox` process to listen on (it takes no port 0).
+
+    Chosen below the kernel's ephemeral range when it can be: in every pytest-xdist worker at
+    once, in-process sandboxes bind port 0 and client connections take local ports from that
+    range, so a port from there can be taken before the process (a second away) binds it, and
+    the readiness poll could then reach another worker's sandbox. Each worker searches a block
+    of its own, so workers never pick the same port.
+    """
+    ephemeral = _ephemeral_ports()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 20_000 + 200 * (int(worker) if worker.isdigit() else 0)
+    candidates = [port for port in range(first, first + 200) if port not in ephemeral]
+    random.Random().shuffle(candidates)
+    for port in [*candidates, 0]:  # 0: the kernel's choice, if nothing outside the range is free
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise AssertionError("no free port")
 
 
 def _start(*flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:

@@ -103,37 +103,53 @@ def test_fixed_latency_is_added_without_blocking(
     """latency_ms delays each answer, and concurrent requests wait in parallel."""
     sandbox.configure(latency_ms=300)
     durations: list[float] = []
-
-    def one() -> None:
-        started = time.monotonic()
-        with httpx.Client(
+    # The clients (each builds an SSL context) are made and the threads started before the
+    # clock starts, so only the requests are timed, not set-up slowed by a busy machine.
+    clients = [
+        httpx.Client(
             base_url=sandbox.base_url, headers={"Authorization": f"Bearer {sandbox.token}"}
-        ) as client:
-            client.get("/conversation")
+        )
+        for _ in range(4)
+    ]
+    go = threading.Barrier(len(clients) + 1)
+
+    def one(client: httpx.Client) -> None:
+        go.wait()
+        started = time.monotonic()
+        client.get("/conversation")
         durations.append(time.monotonic() - started)
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=one) for _ in range(4)]
+    threads = [threading.Thread(target=one, args=(client,)) for client in clients]
     for thread in threads:
         thread.start()
+    go.wait()
+    started = time.monotonic()
     for thread in threads:
         thread.join()
     total = time.monotonic() - started
-    assert min(durations) >= 0.29
+    for client in clients:
+        client.close()
+    assert len(durations) == 4 and min(durations) >= 0.29
     assert total < 0.9  # four serial sleeps would take 1.2 s
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "exponential"])
 def test_latency_distributions_vary(
-    sandbox: Sandbox, sandbox_client: httpx.Client, distribution: str
+    sandbox: Sandbox, sandbox_client: httpx.Client, distribution: str, tmp_path: Path
 ) -> None:
     """uniform and exponential latency vary around the mean."""
     sandbox.configure(latency_ms=20, latency_distribution=distribution)
-    durations = []
-    for _ in range(12):
-        started = time.monotonic()
-        sandbox_client.get("/conversation", params={"limit": "1"})
-        durations.append(time.monotonic() - started)
+    # Each answer's time as the server took it (request log): a client's clock would add the
+    # delays of a machine busy with other tests, tens of milliseconds a request.
+    log = tmp_path / "requests.jsonl"
+    sandbox.state.open_request_log(log)
+    try:
+        for _ in range(12):
+            sandbox_client.get("/conversation", params={"limit": "1"})
+    finally:
+        sandbox.state.close_request_log()
+    durations = [json.loads(line)["duration_ms"] / 1000 for line in log.read_text().splitlines()]
+    assert len(durations) == 12
     assert max(durations) - min(durations) > 0.005
     assert sum(durations) / len(durations) < 0.1
 

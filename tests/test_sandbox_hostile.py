@@ -174,23 +174,33 @@ def test_a_reset_breaks_an_endless_answer_off(sandbox: Sandbox) -> None:
     sandbox.configure(fault_endless=1.0)
     row_id = _open_rows(sandbox, 1)[0]["id"]
     outcome: list[BaseException | bytes] = []
+    trickling = threading.Event()
 
     def read_forever() -> None:
         with httpx.Client(timeout=10) as client:
             try:
-                response = client.patch(
+                with client.stream(
+                    "PATCH",
                     f"{sandbox.base_url}/conversation",
                     params={"id": f"eq.{row_id}"},
                     json={"status": "closed"},
                     headers={"Authorization": f"Bearer {sandbox.token}"},
-                )
-                outcome.append(response.content)
+                ) as response:
+                    body = b""
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        trickling.set()
+                outcome.append(body)
             except httpx.HTTPError as error:
                 outcome.append(error)
+            finally:
+                trickling.set()
 
     reader = threading.Thread(target=read_forever)
     reader.start()
-    time.sleep(0.3)
+    # The reset comes once the answer is trickling (a fixed sleep can fall before the request
+    # even arrives on a busy machine; the reset then switches the fault off and it succeeds).
+    assert trickling.wait(timeout=10)
     sandbox.reset()
     reader.join(timeout=5)
     assert not reader.is_alive()
