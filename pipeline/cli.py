@@ -73,6 +73,16 @@ def _add_token_argument(parser: argparse._ActionsContainer) -> None:
     )
 
 
+def _add_notify_argument(parser: argparse._ActionsContainer, extra: str = "") -> None:
+    parser.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="when the run finishes or stops, post a Slack-compatible message (counts, exit "
+        "code, how to resume or undo) to this webhook; env:NAME or file:PATH read the URL from "
+        "a variable or a file; https://, or http:// for loopback only" + extra,
+    )
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = True) -> None:
     if with_input:
         parser.add_argument(
@@ -332,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply the rows of a CSV or Parquet file to Mateo; write a per-row report.",
     )
     _add_run_arguments(run_parser)
+    _add_notify_argument(run_parser)
     run_parser.set_defaults(handler=_run_command)
 
     plan_parser = commands.add_parser(
@@ -367,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the job file, its source file and the flags without the network; send nothing",
     )
     _add_run_arguments(job_parser, with_input=False)
+    _add_notify_argument(job_parser, " (replaces [notify] url; its `on` still applies)")
     # A flag not given must not override the file, so here every flag defaults to "not given".
     job_parser.set_defaults(
         **{
@@ -440,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     steering.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="text or json events"
     )
+    _add_notify_argument(resume_parser)
     resume_parser.set_defaults(handler=_resume_command)
 
     status_parser = commands.add_parser(
@@ -457,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         required=True,
-        help="the report file: .csv, .parquet or .jsonl",
+        help="the report file: .csv, .parquet or .jsonl (a line per row), or .html (the run "
+        "report: counts, timeline, transitions, failures by reason, what to run next)",
     )
     report_parser.set_defaults(handler=_report_command)
 
@@ -642,6 +656,9 @@ def _progress_display(quiet: bool) -> Iterator[Callable[..., None] | None]:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from pipeline.notify import notifier_from_flag, notify_run
+
+    notifier = notifier_from_flag(args.notify_url)  # a bad URL: exit 2 before any request
     settings = _settings(args)
     if args.dry_run:
         args.sandbox = False  # a dry run sends nothing: no sandbox needed
@@ -653,6 +670,14 @@ def _run_command(args: argparse.Namespace) -> int:
         print(summary_text(summary))
     else:
         _print_summary(summary, sandbox=args.sandbox)
+    notify_run(
+        notifier,
+        summary,
+        command=f"run {args.input}",
+        token=settings.token,
+        json_log=args.log_format == "json",
+        sandbox=args.sandbox,
+    )
     return summary.exit_code
 
 
@@ -792,16 +817,34 @@ def job_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events: Any | None) -> int:
     from pipeline import jobs
+    from pipeline.notify import notify_job, notify_stopped, ordered
     from pipeline.progress import summary_text
 
     options = jobs.job_options(spec, flags)
     base_url = os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+    notifier = jobs.job_notifier(spec, flags.get("notify_url"))
     if args.check:
         plan = jobs.plan_job(spec, flags, default_base_url=base_url)
         jobs.check_job(plan)
         print(jobs.describe_job(plan))
+        if notifier is not None:
+            print(f"  notify: {notifier.host} on {', '.join(ordered(notifier.on))}")
         print(f"{spec.path}: ok")
         return 0
+
+    def run_notified(plan: jobs.JobPlan, **hooks: Any) -> jobs.JobSummary:
+        try:
+            return jobs.run_job(plan, **hooks)
+        except (RunStopped, SafetyError) as error:
+            # A stop before the run could sum up (in the query's GETs) is worth an alert too.
+            notify_stopped(
+                notifier,
+                error,
+                command=f"job {spec.name}",
+                token=plan.settings.token,
+                json_log=events is not None,
+            )
+            raise
 
     def run_planned(plan: jobs.JobPlan) -> jobs.JobSummary:
         if events is not None:
@@ -813,7 +856,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
                 dry_run=plan.settings.dry_run,
                 run_dir=plan.settings.run_dir,
             )
-            return jobs.run_job(
+            return run_notified(
                 plan,
                 on_progress=None if options["quiet"] else events,
                 on_selected=events.selected,
@@ -821,7 +864,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
             )
         with _progress_display(options["quiet"]) as display:
             confirm = _confirmation(plan.settings, display) if _may_ask(args) else None
-            return jobs.run_job(
+            return run_notified(
                 plan, on_progress=display, on_selected=_print_selected, confirm=confirm
             )
 
@@ -857,6 +900,13 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
             )
     if events is not None:
         events.job_summary(summary)
+    notify_job(
+        notifier,
+        summary,
+        token=summary.plan.settings.token,
+        json_log=events is not None,
+        sandbox=options["sandbox"],
+    )
     return summary.exit_code
 
 
@@ -871,8 +921,11 @@ def _print_selected(selected: Any) -> None:
 
 
 def _resume_command(args: argparse.Namespace) -> int:
+    from pipeline.notify import notifier_from_flag, notify_run
     from pipeline.runner import RESUME_OVERRIDES
 
+    # Never stored with the run (the URL is a credential): each resume gives it again.
+    notifier = notifier_from_flag(args.notify_url)
     overrides = {
         name: getattr(args, name)
         for name in RESUME_OVERRIDES
@@ -904,6 +957,15 @@ def _resume_command(args: argparse.Namespace) -> int:
             with _progress_display(args.quiet) as display:
                 summary = resume_with(on_progress=display)
     _print_summary(summary)
+    notify_run(
+        notifier,
+        summary,
+        command=f"resume {args.run_dir}",
+        token=token,
+        json_log=args.log_format == "json",
+        sandbox=args.sandbox,
+        resumed=True,
+    )
     return summary.exit_code
 
 

@@ -105,7 +105,7 @@ def check_base_url(base_url: str) -> str:
             f"--base-url {base_url!r} already ends in /conversation; give the base URL, "
             "e.g. https://integration.getmateo.com/api/v1"
         )
-    if url.scheme == "http" and not _is_loopback(url.host):
+    if in_clear_text(url):
         raise InputError(
             f"--base-url {base_url!r} uses plain http, which would send the API token in clear "
             "text; use https:// (http:// is allowed for 127.0.0.1 and localhost only)"
@@ -141,6 +141,15 @@ def check_patch_target(request: httpx.Request, ids: ConversationIds | None) -> N
         problem = "its id filter is not the ids of the group"
     if problem is not None:
         raise SafetyError(f"a PATCH was about to be sent unguarded ({problem}); nothing was sent")
+
+
+def in_clear_text(url: httpx.URL) -> bool:
+    """Plain http to a host other than loopback: what is sent could be read on the way.
+
+    The one rule for every URL mateo-bulk sends a secret to: the API (the token) and a
+    notification webhook (whose URL is itself the credential).
+    """
+    return url.scheme == "http" and not _is_loopback(url.host)
 
 
 def _is_loopback(host: str) -> bool:

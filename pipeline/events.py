@@ -3,8 +3,9 @@
 Events: `start`, `query` (a job's query source: rows selected, GETs spent, dates resolved),
 `progress` (at most every few seconds, and once at the end), `stop` (the run stopped early,
 or never started, with the reason and exit code) and `summary` (outcome counts, requests, the
-report and the exit code). Every object has `event` and `time` (UTC, ISO 8601). Nothing else
-is written to stderr in this format; stdout keeps the human summary.
+report and the exit code); after it, `notify` when a webhook message was due (pipeline.notify
+writes it). Every object has `event` and `time` (UTC, ISO 8601). Nothing else is written to
+stderr in this format; stdout keeps the human summary.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, check_base_url
 from pipeline.errors import InputError
 from pipeline.journal import JOURNAL_NAME
 from pipeline.models import FIELDS, Outcome
+from pipeline.notify import CONDITIONS, Notifier, NotifySpec, check_form, check_on
+from pipeline.notify import notifier_from_flag as _notifier_from_flag
+from pipeline.notify import resolve_url as _resolve_url
 from pipeline.query_source import IDS_FILE, ResolvedQuery, SelectedIds, check_filter, select_ids
 from pipeline.query_source import resolve_query as _resolve_query
 from pipeline.quota import QuotaExhausted, parse_reset_time
@@ -185,7 +188,8 @@ def _check_placeholders(text: str) -> None:
 
 
 #: The keys of each table and how each is checked. Every `run` flag has one, named as the flag
-#: with underscores, in the table of the flag's group in `mateo-bulk run --help`.
+#: with underscores, in the table of the flag's group in `mateo-bulk run --help` (but
+#: --notify-url: `[notify] url`, read apart because its URL may come from a variable or file).
 _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "source": {"delimiter": _delimiter, "strict": _boolean},
     "limits": {
@@ -218,9 +222,11 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
 }
 #: Every option a job file or a flag may give, by its flag's name with underscores.
 OPTION_NAMES: frozenset[str] = frozenset(name for keys in _OPTIONS.values() for name in keys)
-_TABLES = ("source", "set", "limits", "safety", "output", "api")
+_TABLES = ("source", "set", "limits", "safety", "output", "api", "notify")
 _TOP_KEYS = ("description", "max_failed_share", *_TABLES)
 _SOURCE_KEYS = ("file", "map", "query", *_OPTIONS["source"])
+#: `[notify] url` is the job's `--notify-url`; `on` says when to send (pipeline.notify).
+_NOTIFY_KEYS = ("url", "on")
 #: What a job gets for an option neither its file nor a flag gives (RunSettings' defaults).
 _DEFAULTS: dict[str, Any] = {
     **{
@@ -309,6 +315,8 @@ class JobSpec:
     #: exit code is 1; None: exit codes as `run` gives them.
     max_failed_share: float | None = None
     locator: _Locator | None = field(default=None, repr=False, compare=False)
+    #: `[notify]` as written (its URL not yet read from a variable or file); None: no table.
+    notify: NotifySpec | None = None
 
     @property
     def name(self) -> str:
@@ -380,7 +388,36 @@ def _spec(path: Path, data: dict[str, Any], locator: _Locator) -> JobSpec:
     fixed_values = _fixed_values(data.get("set", {}), locator)
     if isinstance(source, QuerySource) and not fixed_values:
         raise locator.error(("set",), "a query job needs [set] with at least one value to set")
-    return JobSpec(path, description, source, column_map, fixed_values, options, share, locator)
+    notify = _notify(data["notify"], locator) if "notify" in data else None
+    return JobSpec(
+        path, description, source, column_map, fixed_values, options, share, locator, notify
+    )
+
+
+def _notify(table: dict[str, Any], locator: _Locator) -> NotifySpec:
+    for key in table:
+        if key not in _NOTIFY_KEYS:
+            raise locator.error(
+                ("notify", key), f"unknown key; [notify] has {', '.join(_NOTIFY_KEYS)}"
+            )
+    url = table.get("url")
+    if url is not None:
+        if not isinstance(url, str):
+            raise locator.error(
+                ("notify", "url"), f'expected a URL, "env:NAME" or "file:PATH", {_got(url)}'
+            )
+        try:
+            check_form(url)
+        except ValueError as error:
+            # The message names the URL's host at most: the URL is a credential.
+            raise locator.error(("notify", "url"), str(error)) from None
+    on = frozenset(CONDITIONS)
+    if "on" in table:
+        try:
+            on = check_on(table["on"])
+        except ValueError as error:
+            raise locator.error(("notify", "on"), str(error)) from None
+    return NotifySpec(url, on)
 
 
 def _source(
@@ -457,6 +494,27 @@ def _fixed_values(table: dict[str, Any], locator: _Locator) -> dict[str, str | N
 
 
 # --- The command line over the file -------------------------------------------------------------
+
+
+def job_notifier(spec: JobSpec, url: str | None = None) -> Notifier | None:
+    """Where and when the job's end is announced: `[notify]`, its URL read now.
+
+    `url` (`--notify-url`) replaces the file's URL and keeps its `on`. A file:PATH is relative
+    to the job file. InputError, naming the file, line and key, if the URL cannot be had.
+    """
+    on = spec.notify.on if spec.notify is not None else frozenset(CONDITIONS)
+    if url is not None:
+        return _notifier_from_flag(url, on=on)
+    if spec.notify is None:
+        return None
+    if spec.notify.url is None:
+        raise spec.error(
+            ("notify",), 'has no url; add url = "env:NAME" (or file:PATH) or give --notify-url'
+        )
+    try:
+        return Notifier(_resolve_url(spec.notify.url, relative_to=spec.path.parent), on)
+    except ValueError as error:
+        raise spec.error(("notify", "url"), str(error)) from None
 
 
 def job_options(spec: JobSpec, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:

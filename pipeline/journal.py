@@ -13,14 +13,20 @@ is exported from here, so a run resumed any number of times has one line per inp
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline import arrays
 from pipeline.errors import InputError
 from pipeline.models import Change, Outcome, RowRequest, RowResult
+
+if TYPE_CHECKING:
+    import pyarrow
 
 JOURNAL_NAME = "journal.sqlite"
 #: Outcomes that are final: a resumed run does not send these rows again.
@@ -35,6 +41,25 @@ FINAL_OUTCOMES = frozenset(
         Outcome.CONFLICT,
         Outcome.UNCHANGED,
     }
+)
+
+#: What a row of the events table marks: a session began (`start`, `resume`), its counts so
+#: far (`progress`), or it ended (`stop` with the reason in `detail`, `finish`).
+EVENT_KINDS = ("start", "resume", "progress", "stop", "finish")
+
+#: The results table's columns, in order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "row",
+    "conversation_id",
+    "outcome",
+    "http_status",
+    "attempts",
+    "error_code",
+    "error_message",
+    "change",
+    "returned",
+    "difference",
+    "before",
 )
 
 _SCHEMA = """
@@ -57,6 +82,15 @@ CREATE TABLE IF NOT EXISTS intents (
     conversation_id TEXT NOT NULL,
     change TEXT NOT NULL,
     before TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    rate_limited INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    detail TEXT
 );
 """
 
@@ -147,6 +181,28 @@ class Journal:
         rows = self._connection.execute("SELECT key, value FROM meta").fetchall()
         return {key: json.loads(value) for key, value in rows}
 
+    def record_event(
+        self,
+        kind: str,
+        *,
+        requests: int = 0,
+        retries: int = 0,
+        rate_limited: int = 0,
+        rows: int = 0,
+        detail: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """One point of the run's timeline (the HTML report draws it): `kind` is one of
+        EVENT_KINDS; the counts are the session's so far (they restart at `start` and `resume`).
+
+        Written about once a second, not per request: the timeline costs the run nothing.
+        """
+        moment = time.time() if at is None else at
+        counts = (requests, retries, rate_limited, rows)
+        self._connection.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", (moment, kind, *counts, detail)
+        )
+
     # --- results ---------------------------------------------------------------------------
 
     def record(self, results: Iterable[RowResult]) -> None:
@@ -156,6 +212,37 @@ class Journal:
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_to_record(result) for result in results],
             )
+
+    def record_columns(self, columns: Mapping[str, pyarrow.Array]) -> None:
+        """Make a batch of results durable in one transaction, given in columns: `row`,
+        `conversation_id`, `outcome`, `error_message`, `change` (JSON, as `record` keeps it).
+
+        The other columns are left empty and attempts 0: results of rows that were not sent
+        (a dry run's). A row recorded again replaces its earlier record, as with `record`.
+        """
+        import pyarrow.compute as pc
+
+        names = ("row", "conversation_id", "outcome", "change")
+        insert = (
+            "INSERT OR REPLACE INTO results (row, conversation_id, outcome, attempts, "
+            "error_message, change) VALUES (?, ?, ?, 0, {}, ?)"
+        )
+        messages = columns["error_message"]
+        with self._transaction():
+            if not messages.null_count:
+                rows = [columns[name].to_pylist() for name in names]
+                rows.insert(3, messages.to_pylist())
+                self._connection.executemany(insert.format("?"), zip(*rows, strict=True))
+                return
+            # Binding None costs the sqlite3 module about as much as the rest of the row: the
+            # rows without a message (most) say NULL in SQL, the others come after them.
+            given = pc.is_valid(messages)
+            plain = [pc.filter(columns[name], pc.invert(given)).to_pylist() for name in names]
+            self._connection.executemany(insert.format("NULL"), zip(*plain, strict=True))
+            if messages.null_count < len(messages):
+                rows = [pc.filter(columns[name], given).to_pylist() for name in names]
+                rows.insert(3, pc.filter(messages, given).to_pylist())
+                self._connection.executemany(insert.format("?"), zip(*rows, strict=True))
 
     def record_intents(self, rows: Iterable[RowRequest]) -> None:
         """Make rows durable as sent, with their before-values, before their PATCH leaves.
@@ -244,8 +331,111 @@ class Journal:
         while batch := cursor.fetchmany(10_000):
             yield from (_from_record(record) for record in batch)
 
+    def result_batches(self, batch_rows: int = 20_000) -> Iterator[pyarrow.RecordBatch]:
+        """Every recorded result in row order, as record batches of RESULT_COLUMNS (change,
+        returned and before as the JSON text kept), streamed.
+
+        Made without a Python object per row: SQLite hands each column of a batch over as one
+        string, which Arrow splits (the columns that are never null: their values joined by a
+        separator) or Python's json module parses (the others: a JSON array, skipped when it
+        holds only nulls). A million rows take a second or two, a tuple per row several.
+        """
+        parts = ["count(*)", "max(instr(conversation_id, char(31)))"]
+        for name in RESULT_COLUMNS:
+            if name in _NULLABLE_RESULTS:
+                parts.append(f"json_group_array({name})")
+            else:
+                separator = "','" if name in _INTEGER_RESULTS else "char(31)"
+                parts.append(f"group_concat({name}, {separator})")
+        query = (
+            f"SELECT {', '.join(parts)} FROM "
+            "(SELECT * FROM results WHERE row > ? ORDER BY row LIMIT ?)"
+        )
+        after = -(2**63)
+        while True:
+            size, separator_at, *texts = self._connection.execute(
+                query, (after, batch_rows)
+            ).fetchone()
+            if not size:
+                return
+            columns = []
+            for name, text in zip(RESULT_COLUMNS, texts, strict=True):
+                if name == "conversation_id" and separator_at:
+                    # A cell holding the separator itself (an id as written, say).
+                    text = self._connection.execute(
+                        "SELECT json_group_array(conversation_id) FROM "
+                        "(SELECT * FROM results WHERE row > ? ORDER BY row LIMIT ?)",
+                        (after, batch_rows),
+                    ).fetchone()[0]
+                    columns.append(_json_column(name, size, text))
+                elif name in _NULLABLE_RESULTS:
+                    columns.append(_json_column(name, size, text))
+                else:
+                    columns.append(_joined_column(name, size, text))
+            batch = _result_batch(columns)
+            if not _ascending(batch.column("row")):
+                batch = batch.sort_by("row")
+            after = batch.column("row")[-1].as_py()
+            yield batch
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._connection)
+
+
+_INTEGER_RESULTS = frozenset({"row", "http_status", "attempts"})
+_NULLABLE_RESULTS = frozenset(
+    {"http_status", "error_code", "error_message", "returned", "difference", "before"}
+)
+
+
+def _result_type(name: str) -> pyarrow.DataType:
+    import pyarrow as pa
+
+    return pa.int64() if name in _INTEGER_RESULTS else pa.string()
+
+
+@functools.lru_cache(maxsize=4)
+def _all_nulls(size: int) -> str:
+    return "[" + ",".join(["null"] * size) + "]"
+
+
+def _joined_column(name: str, size: int, text: str) -> pyarrow.Array:
+    """A column of `size` values given as their text joined by "," (integers) or \\x1f."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = _result_type(name)
+    separator = "," if kind == pa.int64() else "\x1f"
+    column = pc.split_pattern(arrays.strings([text]), separator).flatten()
+    if len(column) != size:
+        raise sqlite3.DatabaseError(f"{name}: {len(column)} values for {size} rows")
+    return column if kind == pa.string() else pc.cast(column, kind)
+
+
+def _json_column(name: str, size: int, text: str) -> pyarrow.Array:
+    """A column of `size` values given as a JSON array."""
+    import pyarrow as pa
+
+    if len(text) == 5 * size + 1 and text == _all_nulls(size):
+        return pa.nulls(size, _result_type(name))
+    values = json.loads(text)
+    return arrays.integers(values) if name in _INTEGER_RESULTS else arrays.strings(values)
+
+
+def _result_batch(columns: list[pyarrow.Array]) -> pyarrow.RecordBatch:
+    import pyarrow as pa
+
+    schema = pa.schema([(name, _result_type(name)) for name in RESULT_COLUMNS])
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _ascending(rows: pyarrow.Array) -> bool:
+    import pyarrow.compute as pc
+
+    if len(rows) < 2:
+        return True
+    steps = pc.subtract(rows.slice(1), rows.slice(0, len(rows) - 1))
+    return bool(pc.min(steps).as_py() > 0)
 
 
 class _Transaction:

@@ -134,6 +134,9 @@ def summary_text(summary: RunSummary) -> str:
         )
     if summary.report_path:
         lines.append(f"report: {summary.report_path}")
+        page = summary.run_dir / "report.html"
+        if page.is_file():
+            lines.append(f"run report (open in a browser): {page}")
     if summary.failures_path:
         lines.append(f"failed and rejected rows, to fix and run again: {summary.failures_path}")
     if not summary.dry_run and not summary.plan_path:

@@ -49,6 +49,8 @@ class RunControl:
     stop_reason: MateoBulkError | None = None
     requests: int = 0
     retries: int = 0
+    #: Answers 429 (too many requests), retried or not: the run report's timeline shows them.
+    rate_limited: int = 0
     notices: list[str] = field(default_factory=list)
     #: A second signal asked to stop at once: in-flight work was cancelled.
     aborted: bool = False
@@ -182,6 +184,8 @@ class RequestPath:
                     self._not_sent(error)
                     raise
                 self._unreached = 0
+                if error.http_status == 429:
+                    self.control.rate_limited += 1
                 wait = error.retry_after
                 if error.http_status != 429 or wait is None or wait <= self._max_wait:
                     raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -32,18 +33,21 @@ from pipeline.account import account_fingerprint
 from pipeline.client import MateoClient
 from pipeline.errors import InputError, Interrupted, MateoBulkError, RunStopped
 from pipeline.grouping import Grouper
+from pipeline.html_report import HTML_SUFFIX, write_html_report
 from pipeline.journal import Journal
 from pipeline.models import Guard, Outcome, RowRequest, RowResult
 from pipeline.outcomes import skipped
-from pipeline.prepare import Validation, sort_chunk, validate_file
+from pipeline.prepare import Validation, dry_run_columns, sort_batch, validate_file
 from pipeline.quota import Budget, QuotaLedger
 from pipeline.reader import InputFile, open_input
 from pipeline.report import (
+    ReportWriter,
     check_report_path,
     plan_to_input,
+    unsent_batch,
     write_failures,
     write_plan,
-    write_report,
+    write_report_batches,
     write_undo,
 )
 from pipeline.request_path import RequestPath, RunControl
@@ -147,6 +151,33 @@ def run(
     """
     return _run_in_loop(
         run_async(settings, on_progress=on_progress, transport=transport, confirm=confirm)
+    )
+
+
+def plan(
+    settings: RunSettings,
+    *,
+    on_progress: ProgressCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """Read every row and write the plan (`plan.csv`: before, after, decision); change nothing.
+
+    `apply_plan` then sends exactly the `change` rows, each guarded by its before-values.
+    """
+    return run(
+        dataclasses.replace(settings, plan_only=True), on_progress=on_progress, transport=transport
+    )
+
+
+async def plan_async(
+    settings: RunSettings,
+    *,
+    on_progress: ProgressCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """The same as `plan`, inside a running event loop."""
+    return await run_async(
+        dataclasses.replace(settings, plan_only=True), on_progress=on_progress, transport=transport
     )
 
 
@@ -357,6 +388,29 @@ class _Run:
     ledger: QuotaLedger | None
     control: RunControl = field(default_factory=RunControl)
     started: float = field(default_factory=time.monotonic)
+    #: The report, when a dry run wrote it as it went (see _dry_run).
+    report_written: Path | None = None
+    #: Rows whose results this session committed (duplicates' followers included).
+    recorded: int = 0
+    #: The counts of the last timeline event written: an idle second writes none.
+    _last_event: tuple[int, ...] = ()
+
+    def record_event(self, kind: str, detail: str | None = None) -> None:
+        """A point of the run's timeline, with this session's counts so far."""
+        control = self.control
+        counts = (control.requests, control.retries, control.rate_limited, self.recorded)
+        if kind == "progress" and counts == self._last_event:
+            return
+        self._last_event = counts
+        requests, retries, rate_limited, rows = counts
+        self.journal.record_event(
+            kind,
+            requests=requests,
+            retries=retries,
+            rate_limited=rate_limited,
+            rows=rows,
+            detail=detail,
+        )
 
 
 async def _execute(
@@ -376,11 +430,14 @@ async def _execute(
     control = session.control
     if learned:
         control.notice(learned)
+    # resume_async marks the journal resumed before it gets here; a new run's never is.
+    session.record_event("resume" if journal.meta().get("resumed_at") else "start")
     try:
         await _pipeline(session, transport)
     except BaseException as error:
         reason = error if isinstance(error, MateoBulkError) else Interrupted("stopped at once")
         journal.set_meta({"state": "stopped", "stop_reason": str(reason), "stopped_at": _now()})
+        session.record_event("stop", str(reason))
         raise
     finally:
         budget = ledger.budget() if ledger else None
@@ -396,7 +453,8 @@ async def _execute(
         # Which account the run changes (a fingerprint, never the token), once the API has
         # accepted the token: a run stopped by a wrong token may be resumed with the right one.
         journal.set_meta({"account": account_fingerprint(settings.token)})
-    unasked, example = journal.unasked_changes()
+    # A dry run changed nothing: no row to look through for what the API did.
+    unasked, example = (0, None) if settings.dry_run else journal.unasked_changes()
     if unasked:
         control.notice(
             f"{unasked:,} updated rows changed a field the run did not ask to change (e.g. "
@@ -407,11 +465,13 @@ async def _execute(
         if stopped
         else {"state": "finished", "finished_at": _now()}
     )
+    session.record_event("stop" if stopped else "finish", str(stopped) if stopped else None)
     report_path: Path | None = None
     failures_path = None
     if not control.aborted:
-        report_path = Path(settings.report) if settings.report else settings.run_dir / "report.csv"
-        write_report(journal.results(), report_path)
+        report_path = _report_path(settings)
+        if session.report_written != report_path:
+            write_report_batches(journal.result_batches(), report_path)
     plan_path = undo_path = None
     transitions: dict[str, int] = {}
     apply_requests = 0
@@ -420,14 +480,31 @@ async def _execute(
         plan_path = settings.run_dir / "plan.csv"
         transitions, group_sizes = write_plan(journal.results(), plan_path)
         apply_requests = sum(-(-size // settings.batch_size) for size in group_sizes)
-    elif report_path:
+    elif report_path and not settings.dry_run:
         undo_path = settings.run_dir / f"undo{suffix}"
         undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
         if not write_undo(undoable, undo_path):
             undo_path = None
-    if report_path and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED])):
+    if (
+        report_path
+        and not settings.dry_run
+        and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED]))
+    ):
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
         write_failures(journal.results([Outcome.FAILED, Outcome.REJECTED]), failures_path)
+    if report_path:
+        try:
+            write_html_report(
+                journal,
+                settings.run_dir / "report.html",
+                report_path=report_path,
+                undo_path=undo_path,
+                failures_path=failures_path,
+            )
+        except (OSError, sqlite3.Error, ValueError) as error:
+            # The page only presents what the journal and report hold: a run whose rows are
+            # all accounted for does not fail for it. `mateo-bulk report` can write it later.
+            control.notice(f"report.html could not be written ({error}); the report is complete")
     reads = validation.estimated_reads() if settings.snapshot else 0
     return RunSummary(
         counts=journal.counts(),
@@ -438,7 +515,7 @@ async def _execute(
         run_dir=settings.run_dir,
         elapsed=time.monotonic() - session.started,
         dry_run=settings.dry_run,
-        differences=journal.differences(),
+        differences=0 if settings.dry_run else journal.differences(),
         stopped=stopped,
         notices=tuple(control.notices),
         failures_path=failures_path,
@@ -452,6 +529,11 @@ async def _execute(
         apply_requests=apply_requests,
         undo_path=undo_path,
     )
+
+
+def _report_path(settings: RunSettings) -> Path:
+    assert settings.run_dir is not None
+    return Path(settings.report) if settings.report else settings.run_dir / "report.csv"
 
 
 def _apply_doctor_answers(settings: RunSettings) -> tuple[RunSettings, str | None]:
@@ -499,10 +581,18 @@ async def _pipeline(session: _Run, transport: httpx.AsyncBaseTransport | None) -
 async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> None:
     settings, control, journal = session.settings, session.control, session.journal
     total_rows = session.validation.total_rows
+    if settings.dry_run:
+        signals = anyio.CancelScope()
+        tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
+        await _dry_run(session)
+        signals.cancel()
+        return
     send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](2)
     send_results, receive_results = anyio.create_memory_object_stream[list[RowResult]](16)
     signals = anyio.CancelScope()
     tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
+    timeline = anyio.CancelScope()
+    tasks.start_soon(_record_timeline, session, timeline)
     tasks.start_soon(_produce, session, send_rows, send_results.clone())
     path = RequestPath(
         client,
@@ -563,6 +653,7 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
             for result in results:
                 counts[result.outcome] += 1
             done += len(results)
+            session.recorded += len(results)
             if session.on_progress is not None:
                 budget_left = None
                 if session.ledger is not None and not settings.dry_run:
@@ -579,6 +670,19 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
                     )
                 )
     signals.cancel()
+    timeline.cancel()
+
+
+#: How often the run's timeline gets a point (when anything changed): fine enough to show
+#: requests per interval and when 429s came, one small insert a second at most.
+_TIMELINE_INTERVAL = 1.0
+
+
+async def _record_timeline(session: _Run, scope: CancelScope) -> None:
+    with scope:
+        while True:
+            await anyio.sleep(_TIMELINE_INTERVAL)
+            session.record_event("progress")
 
 
 #: Results are committed to the journal at most this often (and at once when the run ends),
@@ -616,7 +720,9 @@ async def _produce(
     send_results: ObjectSendStream[list[RowResult]],
 ) -> None:
     settings = session.settings
-    chunks = session.input_file.chunks()
+    assert session.validation.spool is not None
+    # The rows as validated, spooled by the first pass: read, not parsed and checked again.
+    chunks = session.validation.spool.batches()
     version = session.input_file.version()
 
     def next_chunk() -> tuple[list[RowResult], list[RowRequest]] | None:
@@ -632,11 +738,10 @@ async def _produce(
                 )
             )
             return None
-        first, last = chunk[0].row, chunk[-1].row
+        rows = chunk.column("row")
+        first, last = rows[0].as_py(), rows[-1].as_py()
         done = session.journal.done_rows(first, last, retry_failed=session.retry_failed)
-        invalid, to_send = sort_chunk(
-            chunk, settings.fixed_values, session.validation.duplicates, done
-        )
+        invalid, to_send = sort_batch(chunk, session.validation.duplicates, done)
         intents = session.journal.open_intents(first, last)
         if intents:
             # Sent by an earlier session that never learned the answer: they may have been
@@ -660,6 +765,58 @@ async def _produce(
                 if not settings.snapshot:
                     to_send = [guard_expected(row, settings.guarded) for row in to_send]
                 await send_rows.send(to_send)
+
+
+async def _dry_run(session: _Run) -> None:
+    """A dry run sends nothing, so each row is `planned` or `invalid` as the first pass found:
+    the spooled batches go to the journal in columns, a transaction per batch (no record
+    object per row), and to the report as they go (not read back from the journal after), with
+    the same progress as a real run."""
+    settings, journal, validation = session.settings, session.journal, session.validation
+    assert validation.spool is not None
+    batches = validation.spool.batches()
+    version = session.input_file.version()
+    counts = dict.fromkeys(Outcome, 0)
+    done = 0
+    report_path = _report_path(settings)
+
+    def record_next(report: ReportWriter) -> dict[str, int] | None:
+        checked = next(batches, None)
+        if checked is None:
+            return None
+        if session.input_file.version() != version:
+            session.control.stop(
+                RunStopped(
+                    f"{settings.input} was changed during the run; its rows are no longer the "
+                    "ones validated. Restore the file and resume, or start a new run"
+                )
+            )
+            return None
+        columns = dry_run_columns(checked, validation.duplicates)
+        journal.record_columns(columns)
+        report.write(unsent_batch(columns))
+        tally = columns["outcome"].value_counts().to_pylist()
+        return {entry["values"]: entry["counts"] for entry in tally}
+
+    with ReportWriter(report_path) as report:
+        while (recorded := await anyio.to_thread.run_sync(record_next, report)) is not None:
+            for outcome, count in recorded.items():
+                counts[Outcome(outcome)] += count
+                done += count
+                session.recorded += count
+            if session.on_progress is not None:
+                session.on_progress(
+                    Progress(
+                        done,
+                        validation.total_rows,
+                        counts,
+                        session.control.requests,
+                        time.monotonic() - session.started,
+                        settings.rate,
+                        None,
+                    )
+                )
+    session.report_written = report_path
 
 
 async def _send_all(
@@ -731,10 +888,17 @@ def run_status(run_dir: str | Path) -> RunStatus:
 
 
 def export_report(run_dir: str | Path, path: Path) -> int:
-    """Write the run's report again, in the format `path`'s suffix names; return the rows."""
+    """Write the run's report again, in the format `path`'s suffix names (`.html`: the HTML
+    run report, see `pipeline.html_report`); return the rows it covers."""
+    if path.suffix.lower() == HTML_SUFFIX:
+        if path.is_dir():
+            raise InputError(f"--report {str(path)!r} is a directory; give a file name")
+        with Journal.open(Path(run_dir)) as journal:
+            write_html_report(journal, path)
+            return sum(journal.counts().values())
     check_report_path(path)
     with Journal.open(Path(run_dir)) as journal:
-        return write_report(journal.results(), path)
+        return write_report_batches(journal.result_batches(), path)
 
 
 def apply_plan(

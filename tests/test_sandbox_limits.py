@@ -87,16 +87,20 @@ def test_real_time_pacing_is_never_refused() -> None:
 
     The bucket holds 2, as by default for Mateo's 2 requests/s, so one request delayed by a
     loaded machine and the next sent on time are not taken for a burst; exactness without
-    jitter is pinned by the fake-clock test above.
+    jitter is pinned by the fake-clock test above. A request is never sent sooner than 1/rate
+    after the one before: after a stall of 0.2 s or more (a busy machine), catching up with the
+    schedule would send 3 at once, a burst the server rightly refuses.
     """
     with running_sandbox(SandboxConfig(rate=10.0, burst=2), generate=1) as sandbox:
         with _client(sandbox) as client:
             start = time.monotonic()
+            previous = -float("inf")
             statuses = []
             for k in range(20):
-                delay = start + k / 10.0 - time.monotonic()
+                delay = max(start + k / 10.0, previous + 1 / 10.0) - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                previous = time.monotonic()
                 statuses.append(client.get("/conversation").status_code)
     assert statuses == [200] * 20
 
