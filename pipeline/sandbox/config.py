@@ -2,7 +2,7 @@
 
 The defaults are plain PostgREST (>= 12) behind a proxy that only adds Mateo's documented error
 body: no limits, no faults, nothing dropped. Each unknown about Mateo's real proxy (see
-`shared/api-notes.md`, "Not known") is one switch, so the client can be tested against every
+`docs/api.md`, "What is not known") is one switch, so the client can be tested against every
 answer the real API might give. The help text of each field is the CLI's help text too, so the
 flag reference cannot drift from the code.
 """
