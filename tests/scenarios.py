@@ -1028,6 +1028,11 @@ class Checker:
             elif outcome in NOT_CHANGED_OUTCOMES and changing:
                 # The change belongs to another line of this id that admits it may have landed.
                 accounted = bool(by_id[conversation_id] & {"updated", "failed", "skipped"})
+                # An invalid row is never sent: a change of its id is another, valid row's (whose
+                # own outcome is checked on its own line).
+                accounted = accounted or (
+                    outcome == "invalid" and conversation_id in self.validly_named
+                )
                 # A conflict on a row someone else changed after our PATCH landed (its answer
                 # lost) is a race the run cannot see; the other outcomes never race so.
                 raced = outcome == "conflict" and conversation_id in evidence.touched
