@@ -148,6 +148,9 @@ class RequestPath:
         self._read_page_size = PAGE_SIZE
         #: Requests in a row that made no connection (the circuit breaker).
         self._unreached = 0
+        #: Until the API has answered once, requests leave one at a time (see `_one_request`).
+        self._answered_once = False
+        self._first_alone = anyio.Lock()
 
     @property
     def client(self) -> MateoClient:
@@ -169,7 +172,20 @@ class RequestPath:
         raise AssertionError("unreachable: retrying re-raises the last error")
 
     async def _one_request(self, send: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
-        """One request: paced, counted against the day's budget, told apart from a long wait."""
+        """One request: paced, counted against the day's budget, told apart from a long wait.
+
+        The first request of a run is its preflight: until one has had an answer, the others
+        wait for it. A wrong host, port, certificate or token then costs one request and one
+        clear stop, not a pool of them; and the preflight costs nothing extra, since it is a
+        request the run needed anyway.
+        """
+        if not self._answered_once:
+            async with self._first_alone:
+                if not self._answered_once:
+                    return await self._paced_request(send)
+        return await self._paced_request(send)
+
+    async def _paced_request(self, send: Callable[[], Awaitable[AnswerT]]) -> AnswerT:
         while True:
             await self.pacer.wait()
             if self.control.stopping:
@@ -179,10 +195,14 @@ class RequestPath:
             self.control.requests += 1
             try:
                 answer = await send()
+            except PermanentError:
+                self._answered_once = True
+                raise
             except TransientError as error:
                 if not error.reached_api:
                     self._not_sent(error)
                     raise
+                self._answered_once = True
                 self._unreached = 0
                 if error.http_status == 429:
                     self.control.rate_limited += 1
@@ -200,6 +220,7 @@ class RequestPath:
                 self.control.notice(f"waiting {wait:,.0f} s for the API's limit to reset (--wait)")
                 self.pacer.hold(wait)
                 continue
+            self._answered_once = True
             self._unreached = 0
             self.pacer.succeeded()
             self.control.token_accepted = True

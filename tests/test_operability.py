@@ -66,6 +66,26 @@ def test_a_wrong_base_path_stops_the_run_after_one_answer(
     assert sandbox.stats()["updates"] == 0
 
 
+@pytest.mark.parametrize("snapshot", [True, False], ids=["snapshot", "no-snapshot"])
+def test_a_wrong_token_costs_one_request(
+    sandbox: Sandbox, tmp_path: Path, snapshot: bool
+) -> None:
+    """The run's first request is its preflight: the others wait for its answer, so a refused
+    token stops the run after one request, not after a pool of them."""
+    path = moving_rows(sandbox, tmp_path, 200)
+    result = run_cli(
+        "run", path, "--base-url", sandbox.base_url, "--rate", "unlimited", "--concurrency", "8",
+        "--batch-size", "1", "--run-dir", tmp_path / "run", "--quiet",
+        *([] if snapshot else ["--no-snapshot"]), token="tok-" + "b" * 30,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "403" in result.stderr and "Traceback" not in result.stderr
+    assert sandbox.stats()["requests"] == 1
+    assert sandbox.stats()["updates"] == 0
+    outcomes = {line["outcome"] for line in read_report(tmp_path / "run" / "report.csv")}
+    assert outcomes == {"skipped"}
+
+
 def test_a_closed_pipe_is_not_a_traceback(sandbox: Sandbox, tmp_path: Path) -> None:
     """`mateo-bulk status RUN | head`: a reader that went away leaves no traceback, exit 0."""
     import os
