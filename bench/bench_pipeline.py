@@ -759,7 +759,7 @@ def bench_rate(args: argparse.Namespace) -> dict[str, Any]:
         print_table(
             f"3. Rate accuracy: mateo-bulk run --rate {args.rate:g} --batch-size 1 "
             f"--concurrency {args.concurrency} against sandbox --rate {args.rate:g}"
-            + (" (QUICK 20 s run: not the README figure)" if args.quick else ""),
+            + (" (QUICK 20 s run: not the figure bench/README.md gives)" if args.quick else ""),
             ["figure", "value", "target"],
             [
                 ["PATCHes sent (rows)", len(arrivals), ""],

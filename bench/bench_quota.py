@@ -485,7 +485,7 @@ def bench_quota(args: argparse.Namespace) -> dict[str, Any]:
             scenario.sandbox.stop()  # closes the request log
             results[scenario.label] = _analyse(scenario, budget, stats)
     if args.quick:
-        print("\nQUICK run: not the README figure")
+        print("\nQUICK run: not the figure bench/README.md gives")
     for label, result in results.items():
         _print(label, result, budget)
     runs = [c for r in results.values() for c in r["clients"].values() if c.get("is_pipeline")]

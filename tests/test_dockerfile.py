@@ -1,6 +1,6 @@
-"""The Dockerfile builds the image the README's CronJob runs (`docker build` itself needs a
-Docker daemon and a registry, which the test machines do not have: what can be checked without
-them is checked here)."""
+"""The Dockerfile builds the image the Kubernetes CronJob of docs/operations.md runs
+(`docker build` itself needs a Docker daemon and a registry, which the test machines do not
+have: what can be checked without them is checked here)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _project() -> dict[str, object]:
     return project
 
 
-def test_the_image_runs_the_command_and_carries_the_version_the_readme_names() -> None:
+def test_the_image_runs_the_command_and_carries_the_version_the_docs_name() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     scripts = _project()["scripts"]
     assert isinstance(scripts, dict)
@@ -28,11 +28,10 @@ def test_the_image_runs_the_command_and_carries_the_version_the_readme_names() -
     assert f'ENTRYPOINT ["{command}"]' in dockerfile
     version = _project()["version"]
     tags = set(re.findall(r"registry\.example\.com/mateo-bulk:([\w.]+)", dockerfile))
-    readme_tags = set(
-        re.findall(
-            r"image: registry\.example\.com/mateo-bulk:([\w.]+)", (REPO / "README.md").read_text()
-        )
+    documented = "\n".join(
+        (REPO / name).read_text() for name in ("README.md", "docs/operations.md")
     )
+    readme_tags = set(re.findall(r"image: registry\.example\.com/mateo-bulk:([\w.]+)", documented))
     assert tags == readme_tags == {version}
 
 
