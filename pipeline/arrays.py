@@ -52,6 +52,13 @@ def integers(values: Sequence[int | None]) -> pyarrow.Array:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if isinstance(values, range) and len(values) > 1:
+        # Summed by Arrow: building it from a million Python ints takes ~0.07 s.
+        steps = pa.repeat(integer(values.step), len(values))
+        summed: pyarrow.Array = pc.add(
+            pc.cumulative_sum(steps), integer(values.start - values.step)
+        )
+        return summed
     complete = isinstance(values, range) or None not in values
     filled = cast("Sequence[int]", values) if complete else [value or 0 for value in values]
     data = array.array("q", filled)
@@ -85,6 +92,12 @@ def string(value: str) -> pyarrow.Scalar:
 def integer(value: int) -> pyarrow.Scalar:
     """An int64 scalar."""
     return integers([value])[0]
+
+
+@functools.cache
+def boolean(value: bool) -> pyarrow.Scalar:
+    """A boolean scalar."""
+    return flags([value])[0]
 
 
 @functools.cache

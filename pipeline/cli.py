@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,10 +84,22 @@ def _add_notify_argument(parser: argparse._ActionsContainer, extra: str = "") ->
     )
 
 
+def _add_metrics_argument(parser: argparse._ActionsContainer, extra: str = "") -> None:
+    parser.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="when the command ends, write the run's figures (rows by outcome, requests, 429s, "
+        "retries, duration, exit code, time of the last success) to this .prom file for "
+        "node_exporter's textfile collector, replacing it at once" + extra,
+    )
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = True) -> None:
     if with_input:
         parser.add_argument(
-            "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
+            "input",
+            metavar="INPUT",
+            help="a .csv, .parquet, .xlsx, .xlsm, .xls or .ods file; - reads CSV from stdin",
         )
     source = parser.add_argument_group("API")
     _add_token_argument(source)
@@ -122,6 +135,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tr
     )
     columns.add_argument(
         "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)"
+    )
+    columns.add_argument(
+        "--sheet",
+        metavar="NAME|N",
+        help="the sheet of an .xlsx, .xlsm, .xls or .ods workbook to read: its name, or its "
+        "number counted from 1 (default: the first sheet)",
     )
     columns.add_argument("--strict", action="store_true", help="send nothing if any row is invalid")
     sending = parser.add_argument_group("sending")
@@ -328,7 +347,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
 _NOT_GIVEN: Any = object()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
+    """The command's parser; without `sandbox_flags`, `mateo-bulk sandbox` is listed but has
+    no flags, and the sandbox (its web server) is not imported."""
     parser = _Parser(
         prog="mateo-bulk",
         description="Change thousands of Mateo conversations at once, safely.",
@@ -343,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(run_parser)
     _add_notify_argument(run_parser)
+    _add_metrics_argument(run_parser)
     run_parser.set_defaults(handler=_run_command)
 
     plan_parser = commands.add_parser(
@@ -379,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(job_parser, with_input=False)
     _add_notify_argument(job_parser, " (replaces [notify] url; its `on` still applies)")
+    _add_metrics_argument(job_parser, " (replaces [output] metrics_file)")
     # A flag not given must not override the file, so here every flag defaults to "not given".
     job_parser.set_defaults(
         **{
@@ -453,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=("text", "json"), default="text", help="text or json events"
     )
     _add_notify_argument(resume_parser)
+    _add_metrics_argument(resume_parser, " (never stored with the run: give it on every resume)")
     resume_parser.set_defaults(handler=_resume_command)
 
     status_parser = commands.add_parser(
@@ -539,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
         "1 otherwise.",
     )
     verify_parser.add_argument(
-        "input", metavar="INPUT", help="a .csv or .parquet file; - reads CSV from stdin"
+        "input",
+        metavar="INPUT",
+        help="a .csv, .parquet, .xlsx, .xlsm, .xls or .ods file; - reads CSV from stdin",
     )
     verify_parser.add_argument(
         "--map",
@@ -561,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)"
     )
     verify_parser.add_argument(
+        "--sheet",
+        metavar="NAME|N",
+        help="the sheet of a workbook to read: its name, or its number from 1 (default: the first)",
+    )
+    verify_parser.add_argument(
         "--report",
         type=Path,
         metavar="PATH",
@@ -570,13 +601,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_arguments(verify_parser)
     verify_parser.set_defaults(handler=_verify_command)
 
-    from pipeline.sandbox import command as sandbox_command
-
     sandbox_parser = commands.add_parser(
         "sandbox", help="serve a local simulator of Mateo's conversation API"
     )
-    sandbox_command.configure_parser(sandbox_parser)
-    sandbox_parser.set_defaults(handler=sandbox_command.run_command)
+    if sandbox_flags:
+        # Imports the sandbox's server (uvicorn and the ASGI app): a tenth of a second that
+        # only `mateo-bulk sandbox` needs.
+        from pipeline.sandbox import command as sandbox_command
+
+        sandbox_command.configure_parser(sandbox_parser)
+        sandbox_parser.set_defaults(handler=sandbox_command.run_command)
     return parser
 
 
@@ -628,6 +662,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         run_dir=args.run_dir,
         report=args.report,
         delimiter=args.delimiter,
+        sheet=args.sheet,
         transport=args.transport,
         daily_quota=args.daily_quota,
         max_requests=args.max_requests,
@@ -659,6 +694,7 @@ def _run_command(args: argparse.Namespace) -> int:
     from pipeline.notify import notifier_from_flag, notify_run
 
     notifier = notifier_from_flag(args.notify_url)  # a bad URL: exit 2 before any request
+    _check_metrics_file(args.metrics_file)
     settings = _settings(args)
     if args.dry_run:
         args.sandbox = False  # a dry run sends nothing: no sandbox needed
@@ -670,6 +706,7 @@ def _run_command(args: argparse.Namespace) -> int:
         print(summary_text(summary))
     else:
         _print_summary(summary, sandbox=args.sandbox)
+    _write_run_metrics(args, summary)
     notify_run(
         notifier,
         summary,
@@ -793,13 +830,17 @@ def _job_command(args: argparse.Namespace) -> int:
     try:
         spec = load_job(args.job_file)
         flags = job_flags(args)
-        if events is None and job_options(spec, flags)["log_format"] == "json":
+        options = job_options(spec, flags)
+        if events is None and options["log_format"] == "json":
             events = JsonEvents()
+        # The file's metrics_file (or the flag), where main() also writes a job's error.
+        args.metrics_file = options["metrics_file"]
         return _run_job(args, spec, flags, events)
     except MateoBulkError as error:
         if events is None:
             raise
         events.stop(error, exit_code=error.exit_code)
+        _write_error_metrics(args, error.exit_code)
         return error.exit_code
 
 
@@ -817,12 +858,14 @@ def job_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events: Any | None) -> int:
     from pipeline import jobs
+    from pipeline.metrics import RunFigures
     from pipeline.notify import notify_job, notify_stopped, ordered
     from pipeline.progress import summary_text
 
     options = jobs.job_options(spec, flags)
     base_url = os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
     notifier = jobs.job_notifier(spec, flags.get("notify_url"))
+    _check_metrics_file(options["metrics_file"])
     if args.check:
         plan = jobs.plan_job(spec, flags, default_base_url=base_url)
         jobs.check_job(plan)
@@ -900,6 +943,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
             )
     if events is not None:
         events.job_summary(summary)
+    _write_metrics(args, RunFigures.of_job(summary, duration=_duration(args)))
     notify_job(
         notifier,
         summary,
@@ -926,6 +970,7 @@ def _resume_command(args: argparse.Namespace) -> int:
 
     # Never stored with the run (the URL is a credential): each resume gives it again.
     notifier = notifier_from_flag(args.notify_url)
+    _check_metrics_file(args.metrics_file)
     overrides = {
         name: getattr(args, name)
         for name in RESUME_OVERRIDES
@@ -957,6 +1002,7 @@ def _resume_command(args: argparse.Namespace) -> int:
             with _progress_display(args.quiet) as display:
                 summary = resume_with(on_progress=display)
     _print_summary(summary)
+    _write_run_metrics(args, summary)
     notify_run(
         notifier,
         summary,
@@ -1109,6 +1155,7 @@ def _verify_command(args: argparse.Namespace) -> int:
                 column_map=column_map,
                 fixed_values=fixed_values,
                 delimiter=args.delimiter,
+                sheet=args.sheet,
                 report=args.report,
                 on_progress=progress,
             )
@@ -1130,6 +1177,63 @@ def _verify_command(args: argparse.Namespace) -> int:
     if summary.report_path is not None:
         print(f"report: {summary.report_path}")
     return summary.exit_code
+
+
+def _check_metrics_file(path: str | None) -> None:
+    """--metrics-file (or a job's metrics_file) checked before anything is sent: exit 2."""
+    if path is not None and path is not _NOT_GIVEN:
+        from pipeline.metrics import check_metrics_path
+
+        check_metrics_path(path)
+
+
+def _duration(args: argparse.Namespace) -> float:
+    started = getattr(args, "started", None)
+    return 0.0 if started is None else time.monotonic() - started
+
+
+def _write_run_metrics(args: argparse.Namespace, summary: RunSummary) -> None:
+    from pipeline.metrics import RunFigures
+
+    _write_metrics(args, RunFigures.of_run(summary, duration=_duration(args)))
+
+
+def _write_error_metrics(args: argparse.Namespace, exit_code: int) -> None:
+    """The figures of a command that ended in an error (exit 2, 3 or 4 with no summary): the
+    exit code, and the last success carried over, so that an alert on either fires."""
+    path = getattr(args, "metrics_file", None)
+    if path is None or path is _NOT_GIVEN or getattr(args, "check", False):
+        return  # (`job --check` runs nothing: the last run's figures stand)
+    from pipeline.metrics import RunFigures, check_metrics_path
+
+    try:
+        check_metrics_path(path)
+    except InputError:
+        return  # the path itself was the error, and its message says so
+    _write_metrics(args, RunFigures(exit_code=exit_code, duration=_duration(args)))
+
+
+def _write_metrics(args: argparse.Namespace, figures: Any) -> None:
+    """Write the metrics file if one was asked for; a failure is a warning, never an exit code
+    (the run is over by now, and its own outcome is what the exit code says)."""
+    path = getattr(args, "metrics_file", None)
+    if path is None or path is _NOT_GIVEN:
+        return
+    from pipeline.metrics import write_metrics
+
+    try:
+        write_metrics(path, figures)
+    except OSError as error:
+        warning = (
+            f"--metrics-file {path} was not written ({error.strerror or type(error).__name__}); "
+            "the run's outcome and exit code are unchanged"
+        )
+        if getattr(args, "log_format", "text") == "json":
+            from pipeline.events import JsonEvents
+
+            JsonEvents().emit("warning", message=warning)
+        else:
+            print(f"mateo-bulk: warning: {warning}", file=sys.stderr)
 
 
 def _print_summary(summary: RunSummary, *, sandbox: bool = False) -> None:
@@ -1165,8 +1269,11 @@ def _print_stop(summary: RunSummary, *, sandbox: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    # A subcommand is named by its exact word: no other command line reaches the sandbox's.
+    parser = build_parser(sandbox_flags="sandbox" in arguments)
+    args = parser.parse_args(arguments)
+    args.started = time.monotonic()  # the duration --metrics-file reports
     try:
         return int(args.handler(args))
     except MateoBulkError as error:
@@ -1174,13 +1281,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.events import JsonEvents
 
             JsonEvents().stop(error, exit_code=error.exit_code)
+            _write_error_metrics(args, error.exit_code)
             return error.exit_code
         print(f"mateo-bulk: {error}", file=sys.stderr)
         if isinstance(error, RunStopped) and getattr(args, "run_dir", None):
             print(f"mateo-bulk: to continue: mateo-bulk resume {args.run_dir}", file=sys.stderr)
+        _write_error_metrics(args, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
         print("mateo-bulk: interrupted", file=sys.stderr)
+        _write_error_metrics(args, 3)
         return 3
     except BrokenPipeError:
         # The reader went away (`status RUN | head`): not an error of ours. Python would

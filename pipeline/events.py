@@ -1,11 +1,13 @@
 """`--log-format json`: one JSON object per line on stderr, for schedulers and log shippers.
 
 Events: `start`, `query` (a job's query source: rows selected, GETs spent, dates resolved),
-`progress` (at most every few seconds, and once at the end), `stop` (the run stopped early,
-or never started, with the reason and exit code) and `summary` (outcome counts, requests, the
-report and the exit code); after it, `notify` when a webhook message was due (pipeline.notify
-writes it). Every object has `event` and `time` (UTC, ISO 8601). Nothing else is written to
-stderr in this format; stdout keeps the human summary.
+`progress` (at most every few seconds, and once at the end; its `phase` says what the run does),
+`waiting` (a long wait for the API began: `until`, `seconds`, `reason`), `notice` (something
+the run has to say, as it comes: `message`; the summary repeats them), `stop` (the run stopped
+early, or never started, with the reason and exit code) and `summary` (outcome counts, requests,
+the report and the exit code); after it, `notify` when a webhook message was due
+(pipeline.notify writes it). Every object has `event` and `time` (UTC, ISO 8601). Nothing else
+is written to stderr in this format; stdout keeps the human summary.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class JsonEvents:
         self._every = every
         self._clock = clock
         self._last_progress: float | None = None
+        self._wait_shown: datetime | None = None
+        self._notices_shown = 0
 
     def emit(self, event: str, **fields: Any) -> None:
         record = {"event": event, "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
@@ -63,7 +67,20 @@ class JsonEvents:
         self.emit("start", **fields)
 
     def __call__(self, progress: Progress) -> None:
-        """A `progress` event, at most every `every` seconds, and when every row is done."""
+        """A `progress` event, at most every `every` seconds, and when every row is done; a
+        `waiting` event as soon as a long wait begins (a scheduler may else think it hung)."""
+        for notice in progress.notices[self._notices_shown :]:
+            self.emit("notice", message=notice)
+        self._notices_shown = len(progress.notices)
+        until = progress.waiting_until
+        if until is not None and until != self._wait_shown:
+            self._wait_shown = until
+            self.emit(
+                "waiting",
+                until=until.isoformat(timespec="seconds"),
+                seconds=round((until - datetime.now(UTC)).total_seconds(), 1),
+                reason=progress.waiting_reason,
+            )
         now = self._clock()
         finished = progress.done >= progress.total
         if (
@@ -82,6 +99,7 @@ class JsonEvents:
             rate=progress.rate,
             budget_left=progress.budget_left,
             counts={outcome.value: count for outcome, count in progress.counts.items() if count},
+            phase=progress.phase,
         )
 
     def selected(self, selected: SelectedIds) -> None:

@@ -291,6 +291,7 @@ def verify_rows(
     column_map: Mapping[str, str] | None = None,
     fixed_values: Mapping[str, str | None] | None = None,
     delimiter: str | None = None,
+    sheet: str | int | None = None,
     report: str | Path | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: ProgressCallback | None = None,
@@ -298,7 +299,7 @@ def verify_rows(
     """Read the conversations of an input file and compare each with the row's targets.
 
     The input is read as `run` reads it (`column_map`, `fixed_values` as `--map`/`--set`,
-    `delimiter`); its expect_* columns are not targets and are ignored. Each row is
+    `delimiter`, `sheet`); its expect_* columns are not targets and are ignored. Each row is
     `at_target`, `differs`, `gone` or `invalid`; `report` (.csv or .parquet) gets one line per
     row with the current values. Sends GETs only. Raises InputError (nothing sent) for a bad
     file or setting, RunStopped or RemoteError.
@@ -311,6 +312,7 @@ def verify_rows(
             column_map=column_map,
             fixed_values=fixed_values,
             delimiter=delimiter,
+            sheet=sheet,
             report=report,
             transport=transport,
             on_progress=on_progress,
@@ -325,6 +327,7 @@ async def verify_rows_async(
     column_map: Mapping[str, str] | None = None,
     fixed_values: Mapping[str, str | None] | None = None,
     delimiter: str | None = None,
+    sheet: str | int | None = None,
     report: str | Path | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: ProgressCallback | None = None,
@@ -335,7 +338,7 @@ async def verify_rows_async(
     control = RunControl()
     counts = dict.fromkeys(VerifyState, 0)
     examples: list[str] = []
-    with open_input(input, column_map=column_map, delimiter=delimiter) as input_file:
+    with open_input(input, column_map=column_map, delimiter=delimiter, sheet=sheet) as input_file:
         settings.check()
         with _TableWriter(VERIFY_COLUMNS, report_path) as writer:
             async with _request_path(settings, control, transport) as request_path:

@@ -32,6 +32,7 @@ import httpx
 from pipeline.client import DEFAULT_BASE_URL, TRANSPORTS, check_base_url
 from pipeline.errors import InputError
 from pipeline.journal import JOURNAL_NAME
+from pipeline.metrics import SUFFIX as METRICS_SUFFIX
 from pipeline.models import FIELDS, Outcome
 from pipeline.notify import CONDITIONS, Notifier, NotifySpec, check_form, check_on
 from pipeline.notify import notifier_from_flag as _notifier_from_flag
@@ -47,6 +48,7 @@ from pipeline.runner import (
     RunSettings,
     RunSummary,
     default_run_dir,
+    refuse_running_loop,
     run_async,
 )
 from pipeline.validate import UNSET, parse_cell, parse_fixed_values
@@ -154,6 +156,17 @@ def _delimiter(value: Any) -> str:
     return str(value)
 
 
+def _sheet(value: Any) -> str | int:
+    """A workbook's sheet: its name, or its number counted from 1."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Invalid(f'must be a sheet name such as "Rows" or a number from 1, {_got(value)}')
+    if isinstance(value, int) and value < 1:
+        raise _Invalid(f"sheets are numbered from 1, {_got(value)}")
+    if isinstance(value, str) and not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
 def _path_template(value: Any) -> str:
     text = _text(value)
     if not text.strip():
@@ -166,6 +179,16 @@ def _report_path(value: Any) -> str:
     text = _path_template(value)
     if Path(text).suffix.lower() not in REPORT_FORMATS:
         raise _Invalid(f"the suffix must be one of {', '.join(REPORT_FORMATS)}, {_got(value)}")
+    return text
+
+
+def _metrics_file(value: Any) -> str:
+    text = _text(value)
+    if not text.strip() or Path(text).suffix != METRICS_SUFFIX:
+        raise _Invalid(
+            f"must name a file ending in {METRICS_SUFFIX} (node_exporter's textfile collector "
+            f"reads only those), {_got(value)}"
+        )
     return text
 
 
@@ -191,7 +214,7 @@ def _check_placeholders(text: str) -> None:
 #: with underscores, in the table of the flag's group in `mateo-bulk run --help` (but
 #: --notify-url: `[notify] url`, read apart because its URL may come from a variable or file).
 _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "source": {"delimiter": _delimiter, "strict": _boolean},
+    "source": {"delimiter": _delimiter, "sheet": _sheet, "strict": _boolean},
     "limits": {
         "rate": _rate,
         "concurrency": _at_least(1),
@@ -217,6 +240,7 @@ _OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "dry_run": _boolean,
         "quiet": _boolean,
         "log_format": _choice(LOG_FORMATS),
+        "metrics_file": _metrics_file,
     },
     "api": {"base_url": _base_url, "token_file": _text, "sandbox": _boolean},
 }
@@ -240,6 +264,7 @@ _DEFAULTS: dict[str, Any] = {
     "sandbox": False,
     "quiet": False,
     "log_format": "text",
+    "metrics_file": None,
 }
 
 
@@ -436,7 +461,7 @@ def _source(
         )
     column_map: dict[str, str] = {}
     if has_query:
-        for key in ("map", "delimiter", "strict"):
+        for key in ("map", "delimiter", "sheet", "strict"):
             if key in table:
                 raise locator.error(("source", key), "is for a file source, not a query")
         query = table["query"]
@@ -610,6 +635,7 @@ def plan_job(
         run_dir=run_dir,
         report=report,
         delimiter=options.get("delimiter"),
+        sheet=options.get("sheet"),
         transport=options["transport"],
         daily_quota=options["daily_quota"],
         max_requests=options.get("max_requests"),
@@ -639,7 +665,10 @@ def check_job(plan: JobPlan) -> None:
         keys = ("source", "map") if spec.column_map else ("source", "file")
         try:
             with open_input(
-                settings.input, column_map=settings.column_map, delimiter=settings.delimiter
+                settings.input,
+                column_map=settings.column_map,
+                delimiter=settings.delimiter,
+                sheet=settings.sheet,
             ):
                 pass
         except InputError as error:
@@ -708,6 +737,7 @@ def run_job(
     confirm: Confirm | None = None,
 ) -> JobSummary:
     """Run a planned job to its end (or a stop); InputError before anything is sent."""
+    refuse_running_loop("run_job")
     return anyio.run(
         functools.partial(
             run_job_async,

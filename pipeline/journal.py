@@ -13,13 +13,14 @@ is exported from here, so a run resumed any number of times has one line per inp
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from pipeline import arrays
 from pipeline.errors import InputError
@@ -104,9 +105,16 @@ class Journal:
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
+        # 8 MB of page cache, not SQLite's 2 MB: a dry run's transaction of 20,000 results
+        # dirties ~3 MB, and spilling them to the WAL before the commit costs its inserts ~12%.
+        self._connection.execute("PRAGMA cache_size=-8192")
         self._connection.executescript(_SCHEMA)
         self._lock_file: Any = None
         self._reader: sqlite3.Connection | None = None
+        #: Rows per outcome, kept by the journal that made the results table while only
+        #: ascending batches of columns (`record_columns`) go into it; None: ask the table.
+        self._counts: dict[Outcome, int] | None = None
+        self._last_row = 0
 
     @classmethod
     def create(cls, run_dir: Path, meta: dict[str, Any]) -> Journal:
@@ -120,6 +128,8 @@ class Journal:
         journal = cls(path)
         journal.lock()
         journal.set_meta(meta)
+        journal._counts = dict.fromkeys(Outcome, 0)
+        journal._last_row = -(2**63)
         return journal
 
     @classmethod
@@ -207,6 +217,7 @@ class Journal:
 
     def record(self, results: Iterable[RowResult]) -> None:
         """Make results durable; a row recorded again (resume) replaces its earlier record."""
+        self._counts = None
         with self._transaction():
             self._connection.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -220,29 +231,25 @@ class Journal:
         The other columns are left empty and attempts 0: results of rows that were not sent
         (a dry run's). A row recorded again replaces its earlier record, as with `record`.
         """
-        import pyarrow.compute as pc
+        self._insert(_column_batch(columns))
 
-        names = ("row", "conversation_id", "outcome", "change")
-        insert = (
-            "INSERT OR REPLACE INTO results (row, conversation_id, outcome, attempts, "
-            "error_message, change) VALUES (?, ?, ?, 0, {}, ?)"
-        )
-        messages = columns["error_message"]
+    def _insert(self, batch: _ColumnBatch) -> None:
         with self._transaction():
-            if not messages.null_count:
-                rows = [columns[name].to_pylist() for name in names]
-                rows.insert(3, messages.to_pylist())
-                self._connection.executemany(insert.format("?"), zip(*rows, strict=True))
-                return
-            # Binding None costs the sqlite3 module about as much as the rest of the row: the
-            # rows without a message (most) say NULL in SQL, the others come after them.
-            given = pc.is_valid(messages)
-            plain = [pc.filter(columns[name], pc.invert(given)).to_pylist() for name in names]
-            self._connection.executemany(insert.format("NULL"), zip(*plain, strict=True))
-            if messages.null_count < len(messages):
-                rows = [pc.filter(columns[name], given).to_pylist() for name in names]
-                rows.insert(3, pc.filter(messages, given).to_pylist())
-                self._connection.executemany(insert.format("?"), zip(*rows, strict=True))
+            for rows in batch.inserts:
+                rows.insert_into(self._connection)
+        counts = self._counts
+        if counts is None or not batch.outcomes:
+            return
+        if batch.first_row <= self._last_row or not batch.ascending:
+            self._counts = None  # it may have replaced rows recorded before: not counted
+            return
+        for outcome, count in batch.outcomes.items():
+            counts[Outcome(outcome)] += count
+        self._last_row = batch.last_row
+
+    def columns_writer(self) -> ColumnsWriter:
+        """`record_columns` on a thread of its own; `close()` it to wait for the last batch."""
+        return ColumnsWriter(self)
 
     def record_intents(self, rows: Iterable[RowRequest]) -> None:
         """Make rows durable as sent, with their before-values, before their PATCH leaves.
@@ -299,6 +306,11 @@ class Journal:
         return {row for (row,) in rows}
 
     def counts(self) -> dict[Outcome, int]:
+        """Rows per outcome. The journal that made the table knows them while every batch
+        went in after the one before (a dry run's): counting a million rows takes half a
+        second, which the end of a dry run would spend twice (its summary, its HTML page)."""
+        if self._counts is not None:
+            return dict(self._counts)
         counts = dict.fromkeys(Outcome, 0)
         for outcome, count in self._connection.execute(
             "SELECT outcome, COUNT(*) FROM results GROUP BY outcome"
@@ -307,6 +319,8 @@ class Journal:
         return counts
 
     def differences(self) -> int:
+        if self._counts is not None and not self._counts[Outcome.UPDATED]:
+            return 0  # only updated rows can have one
         (count,) = self._connection.execute(
             "SELECT COUNT(*) FROM results WHERE outcome = 'updated' AND difference IS NOT NULL"
         ).fetchone()
@@ -319,6 +333,20 @@ class Journal:
             "AND difference LIKE '%not asked to change%'"
         ).fetchone()
         return int(count), example
+
+    def fields_the_api_set(self) -> frozenset[str]:
+        """Fields that confirmed updates show changed though the run did not ask (a proxy
+        filling a default): the API's doing, as the difference column records it."""
+        texts = self._connection.execute(
+            "SELECT DISTINCT difference FROM results WHERE outcome = 'updated' "
+            "AND difference LIKE '%not asked to change%' LIMIT 100"
+        ).fetchall()
+        return frozenset(
+            part.split(":", 1)[0]
+            for (text,) in texts
+            for part in text.split("; ")
+            if part.endswith("(not asked to change)")
+        )
 
     def results(self, outcomes: Iterable[Outcome] | None = None) -> Iterator[RowResult]:
         """Every recorded result in row order (optionally only some outcomes), streamed."""
@@ -335,54 +363,146 @@ class Journal:
         """Every recorded result in row order, as record batches of RESULT_COLUMNS (change,
         returned and before as the JSON text kept), streamed.
 
-        Made without a Python object per row: SQLite hands each column of a batch over as one
-        string, which Arrow splits (the columns that are never null: their values joined by a
-        separator) or Python's json module parses (the others: a JSON array, skipped when it
-        holds only nulls). A million rows take a second or two, a tuple per row several.
+        Made without a Python object per row: for each range of `batch_rows` row numbers, one
+        query has SQLite hand each column over as one string, which Arrow splits (columns
+        never null: their values joined by a separator) or Python's json module parses (the
+        others: a JSON array of the values that are not null, placed by their row numbers
+        when some are null). The queries run a batch or two ahead, on a thread of their own
+        (SQLite runs one without holding the GIL), while the caller uses the batch before.
+        A million rows take about a second.
         """
-        parts = ["count(*)", "max(instr(conversation_id, char(31)))"]
-        for name in RESULT_COLUMNS:
-            if name in _NULLABLE_RESULTS:
-                parts.append(f"json_group_array({name})")
+        for size, texts in _prefetched(self._result_texts(batch_rows)):
+            row = texts["row"]
+            if isinstance(row, range):
+                rows = arrays.integers(row)
             else:
-                separator = "','" if name in _INTEGER_RESULTS else "char(31)"
-                parts.append(f"group_concat({name}, {separator})")
-        query = (
-            f"SELECT {', '.join(parts)} FROM "
-            "(SELECT * FROM results WHERE row > ? ORDER BY row LIMIT ?)"
-        )
-        after = -(2**63)
-        while True:
-            size, separator_at, *texts = self._connection.execute(
-                query, (after, batch_rows)
-            ).fetchone()
-            if not size:
-                return
-            columns = []
-            for name, text in zip(RESULT_COLUMNS, texts, strict=True):
-                if name == "conversation_id" and separator_at:
-                    # A cell holding the separator itself (an id as written, say).
-                    text = self._connection.execute(
-                        "SELECT json_group_array(conversation_id) FROM "
-                        "(SELECT * FROM results WHERE row > ? ORDER BY row LIMIT ?)",
-                        (after, batch_rows),
-                    ).fetchone()[0]
-                    columns.append(_json_column(name, size, text))
-                elif name in _NULLABLE_RESULTS:
-                    columns.append(_json_column(name, size, text))
-                else:
+                rows = _joined_column("row", size, row)
+            columns = [rows]
+            for name in RESULT_COLUMNS[1:]:
+                text = texts[name]
+                if name not in _NULLABLE_RESULTS:
                     columns.append(_joined_column(name, size, text))
+                else:
+                    columns.append(_sparse_column(name, size, rows, *text))
             batch = _result_batch(columns)
             if not _ascending(batch.column("row")):
                 batch = batch.sort_by("row")
-            after = batch.column("row")[-1].as_py()
             yield batch
+
+    def _result_texts(self, batch_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Per range of row numbers: its row count, and the texts each column is made from: the
+        values joined (a JSON array for conversation ids holding the separator); the range
+        itself for the row numbers of a range without a gap; for a column that may be null,
+        (the values that are not null, their row numbers joined when some are null)."""
+        parts = ["count(*)"]
+        for name in RESULT_COLUMNS[1:]:  # the row numbers only when the range has gaps
+            if name in _NULLABLE_RESULTS:
+                # Most such columns are null on most rows of a run (an error), or on all (a
+                # dry run's): only the values there are, not a null per row, are handed over.
+                parts.append(f"json_group_array({name}) FILTER (WHERE {name} IS NOT NULL)")
+            else:
+                parts.append(_joined(name))
+        query = f"SELECT {', '.join(parts)} FROM results WHERE row BETWEEN ? AND ?"
+        # Apart, each is one step down the table's b-tree; together they would read every row.
+        (first,) = self._connection.execute("SELECT min(row) FROM results").fetchone()
+        (last,) = self._connection.execute("SELECT max(row) FROM results").fetchone()
+        following = "SELECT min(row) FROM results WHERE row > ?"
+        start = first
+        while start is not None:
+            bounds = (start, min(start + batch_rows - 1, last))
+            # The next range starts at the next row recorded, however far: resumed and stopped
+            # runs leave gaps.
+            (start,) = self._connection.execute(following, (bounds[1],)).fetchone()
+            # A range of rowids is read in rowid order: each column's values come in row order.
+            size, *values = self._connection.execute(query, bounds).fetchone()
+            texts: dict[str, Any] = {}
+            given = iter(values)
+            for name in RESULT_COLUMNS[1:]:
+                if name not in _NULLABLE_RESULTS:
+                    texts[name] = next(given)
+                    continue
+                present = json.loads(next(given))
+                where = None
+                if 0 < len(present) < size:
+                    where = self._column_text("row", bounds, f"{name} IS NOT NULL")
+                texts[name] = (present, where)
+            if size == bounds[1] - bounds[0] + 1:
+                texts["row"] = range(bounds[0], bounds[1] + 1)
+            else:
+                texts["row"] = self._column_text("row", bounds)
+            if texts["conversation_id"].count(_SEPARATOR) != size - 1:
+                # A cell holding the separator itself (an id as written, say): as JSON.
+                texts["conversation_id"] = json.loads(
+                    self._column_text("conversation_id", bounds, as_json=True)
+                )
+            yield size, texts
+
+    def _column_text(
+        self, name: str, bounds: tuple[int, int], where: str = "1", as_json: bool = False
+    ) -> str:
+        aggregate = f"json_group_array({name})" if as_json else _joined(name)
+        query = f"SELECT {aggregate} FROM results WHERE row BETWEEN ? AND ? AND {where}"
+        text: str = self._connection.execute(query, bounds).fetchone()[0]
+        return text
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._connection)
 
 
 _INTEGER_RESULTS = frozenset({"row", "http_status", "attempts"})
+
+
+#: Joins the values of a text column that is never null (see `result_batches`).
+_SEPARATOR = "\x1f"
+
+
+def _joined(name: str) -> str:
+    """The SQL aggregate handing a column of the results table over as its values joined."""
+    separator = "','" if name in _INTEGER_RESULTS else "char(31)"
+    return f"group_concat({name}, {separator})"
+
+
+_Item = TypeVar("_Item")
+
+
+def _prefetched(items: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
+    """`items`, produced on a thread of its own, at most `depth` ahead of the consumer."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over((False, item)):
+                    return
+            hand_over((True, None))
+        except BaseException as error:  # raised on the consumer's thread
+            hand_over((True, error))
+
+    thread = threading.Thread(target=produce, name="journal-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done, item = ready.get()
+            if done:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 _NULLABLE_RESULTS = frozenset(
     {"http_status", "error_code", "error_message", "returned", "difference", "before"}
 )
@@ -394,32 +514,42 @@ def _result_type(name: str) -> pyarrow.DataType:
     return pa.int64() if name in _INTEGER_RESULTS else pa.string()
 
 
-@functools.lru_cache(maxsize=4)
-def _all_nulls(size: int) -> str:
-    return "[" + ",".join(["null"] * size) + "]"
-
-
-def _joined_column(name: str, size: int, text: str) -> pyarrow.Array:
-    """A column of `size` values given as their text joined by "," (integers) or \\x1f."""
+def _joined_column(name: str, size: int, text: str | list[str]) -> pyarrow.Array:
+    """A column of `size` values given as their text joined by "," (integers) or _SEPARATOR
+    (see `_joined`), or as a list of them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     kind = _result_type(name)
-    separator = "," if kind == pa.int64() else "\x1f"
-    column = pc.split_pattern(arrays.strings([text]), separator).flatten()
+    if isinstance(text, list):
+        column = arrays.strings(text)
+    else:
+        separator = "," if kind == pa.int64() else _SEPARATOR
+        column = pc.split_pattern(arrays.strings([text]), separator).flatten()
     if len(column) != size:
         raise sqlite3.DatabaseError(f"{name}: {len(column)} values for {size} rows")
     return column if kind == pa.string() else pc.cast(column, kind)
 
 
-def _json_column(name: str, size: int, text: str) -> pyarrow.Array:
-    """A column of `size` values given as a JSON array."""
+def _sparse_column(
+    name: str, size: int, rows: pyarrow.Array, present: list[Any], where: str | None
+) -> pyarrow.Array:
+    """A column that may be null, from the values `present`, at the row numbers `where`
+    (joined by ",") when there are fewer than `size`."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    if len(text) == 5 * size + 1 and text == _all_nulls(size):
-        return pa.nulls(size, _result_type(name))
-    values = json.loads(text)
-    return arrays.integers(values) if name in _INTEGER_RESULTS else arrays.strings(values)
+    kind = _result_type(name)
+    if not present:
+        return pa.nulls(size, kind)
+    values = arrays.integers(present) if kind == pa.int64() else arrays.strings(present)
+    if where is None:
+        return values
+    # Each row's position among the rows that have a value: null where it has none.
+    numbers = pc.split_pattern(arrays.strings([where]), ",").flatten()
+    at = pc.index_in(rows, value_set=pc.cast(numbers, pa.int64()))
+    taken: pyarrow.Array = pc.take(values, at)
+    return taken
 
 
 def _result_batch(columns: list[pyarrow.Array]) -> pyarrow.RecordBatch:
@@ -436,6 +566,135 @@ def _ascending(rows: pyarrow.Array) -> bool:
         return True
     steps = pc.subtract(rows.slice(1), rows.slice(0, len(rows) - 1))
     return bool(pc.min(steps).as_py() > 0)
+
+
+class _Rows(NamedTuple):
+    """Rows for the results table: the SQL of one row's VALUES and its values, flat."""
+
+    values_sql: str
+    width: int
+    values: list[Any]
+
+    def insert_into(self, connection: sqlite3.Connection) -> None:
+        # Binding is what costs: a statement of many rows' VALUES is bound and run once per
+        # _ROWS_PER_INSERT rows, a third faster than a statement per row.
+        head = (
+            "INSERT OR REPLACE INTO results (row, conversation_id, outcome, attempts, "
+            "error_message, change) VALUES "
+        )
+        step = _ROWS_PER_INSERT * self.width
+        whole = len(self.values) // step * step
+        if whole:
+            statement = head + ",".join([self.values_sql] * _ROWS_PER_INSERT)
+            parts = (self.values[at : at + step] for at in range(0, whole, step))
+            connection.executemany(statement, parts)
+        if whole < len(self.values):
+            rest = (len(self.values) - whole) // self.width
+            connection.execute(head + ",".join([self.values_sql] * rest), self.values[whole:])
+
+
+#: Rows per INSERT statement: 500 bound values at most, under any SQLite's limit (999).
+_ROWS_PER_INSERT = 100
+
+
+def _interleaved(columns: list[list[Any]]) -> list[Any]:
+    """The values of `columns` row by row, in one flat list (made by slice assignment)."""
+    width = len(columns)
+    values: list[Any] = [None] * (width * len(columns[0]))
+    for position, column in enumerate(columns):
+        values[position::width] = column
+    return values
+
+
+class _ColumnBatch(NamedTuple):
+    """A batch of columns to record (see `record_columns`): its inserts, its rows per outcome,
+    its first and last row, and whether its rows ascend (so none repeats)."""
+
+    inserts: list[_Rows]
+    outcomes: dict[str, int]
+    first_row: int
+    last_row: int
+    ascending: bool
+
+
+def _column_batch(columns: Mapping[str, pyarrow.Array]) -> _ColumnBatch:
+    import pyarrow.compute as pc
+
+    rows = columns["row"]
+    outcomes = {
+        entry["values"]: entry["counts"]
+        for entry in pc.value_counts(columns["outcome"]).to_pylist()
+    }
+    if not len(rows):
+        return _ColumnBatch([], outcomes, 0, 0, True)
+    bounds = pc.min_max(rows)
+    return _ColumnBatch(
+        _column_inserts(columns),
+        outcomes,
+        bounds["min"].as_py(),
+        bounds["max"].as_py(),
+        _ascending(rows),
+    )
+
+
+def _column_inserts(columns: Mapping[str, pyarrow.Array]) -> list[_Rows]:
+    """The rows that record a batch of columns (see `record_columns`)."""
+    import pyarrow.compute as pc
+
+    outcomes, messages = columns["outcome"], columns["error_message"]
+
+    def values(mask: pyarrow.Array, *names: str) -> list[Any]:
+        return _interleaved([pc.filter(columns[name], mask).to_pylist() for name in names])
+
+    # The rows without a message (most) say NULL in SQL and their outcome as a literal, one
+    # statement per outcome: fewer values to bind. The other rows come after them.
+    inserts = []
+    plain = pc.is_null(messages)
+    for entry in pc.value_counts(pc.filter(outcomes, plain)).to_pylist():
+        outcome = Outcome(entry["values"]).value  # an enum value: safe in SQL text
+        same = pc.and_(plain, pc.equal(outcomes, arrays.string(outcome)))
+        row_sql = f"(?, ?, '{outcome}', 0, NULL, ?)"
+        inserts.append(_Rows(row_sql, 3, values(same, "row", "conversation_id", "change")))
+    if messages.null_count < len(messages):
+        names = ("row", "conversation_id", "outcome", "error_message", "change")
+        inserts.append(_Rows("(?, ?, ?, 0, ?, ?)", 5, values(pc.invert(plain), *names)))
+    return inserts
+
+
+class ColumnsWriter:
+    """Records batches of columns (`Journal.record_columns`) on a thread of its own, at most two
+    batches behind the caller, who turns each batch into Python rows: what the writer's thread
+    does is SQLite's, which runs without the GIL for each row, so the caller makes its next
+    batch meanwhile. An error on the writer's thread is raised to the caller by the next
+    `record` or by `close`."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._queue: queue.Queue[_ColumnBatch | None] = queue.Queue(maxsize=2)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (inserts := self._queue.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._journal._insert(inserts)
+                except BaseException as error:  # raised on the caller's thread
+                    self._failure = error
+
+    def record(self, columns: Mapping[str, pyarrow.Array]) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._queue.put(_column_batch(columns))
+
+    def close(self) -> None:
+        """Wait until every batch given is committed; raise what failed, if anything."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._failure is not None:
+            raise self._failure
 
 
 class _Transaction:

@@ -70,16 +70,21 @@ def updated(
     http_status: int | None,
     attempts: int,
     own_fields_only: bool = False,
+    api_sets: frozenset[str] = frozenset(),
 ) -> RowResult:
     """The row changed by this run, with what it returned and its values before.
 
     `own_fields_only`: the values come from a read long after the request (a resumed row), so a
     field the run did not ask to change may since have been changed by someone else: such
-    fields are neither reported as a difference nor restored by the undo file.
+    fields are neither reported as a difference nor restored by the undo file, unless the run
+    has seen the API set that field itself (`api_sets`: on rows whose answers it confirmed):
+    then the change is the API's doing, as on those rows, and the undo must put it back (a
+    PATCH that omits it would set it again).
     """
     before = before_values(request)
     if own_fields_only and before is not None:
-        before = {name: before[name] for name, _ in request.change.values if name in before}
+        kept = {name for name, _ in request.change.values} | api_sets
+        before = {name: value for name, value in before.items() if name in kept}
     return RowResult(
         request.row,
         request.conversation_id,

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 from pipeline.models import Outcome
 from pipeline.runner import Progress, RunSummary
@@ -24,18 +24,32 @@ def _limits(progress: Progress) -> str:
 
 def _counts(progress: Progress) -> str:
     parts = [f"{outcome.value} {progress.counts[outcome]:,}" for outcome in _SHOWN]
-    return " · ".join(part for part in parts if not part.endswith(" 0")) or "starting"
+    return " · ".join(part for part in parts if not part.endswith(" 0")) or "no results yet"
+
+
+def _waiting(progress: Progress) -> str:
+    """What a long wait is for, as a line of its own: the phase says until when."""
+    return f"{progress.phase}: {progress.waiting_reason}"
 
 
 class PlainProgress:
-    """One line every `every` seconds: for logs, pipes and CI, where a live bar is noise."""
+    """One line every `every` seconds: for logs, pipes and CI, where a live bar is noise.
+    A long wait for the API gets a line of its own when it starts."""
 
     def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
         self._stream = stream
         self._every = every
         self._last = time.monotonic()
+        self._wait_shown: object = None
+        self._notices_shown = 0
 
     def __call__(self, progress: Progress) -> None:
+        for notice in progress.notices[self._notices_shown :]:
+            print(f"mateo-bulk: note: {notice}", file=self._stream, flush=True)
+        self._notices_shown = len(progress.notices)
+        if progress.waiting_until is not None and progress.waiting_until != self._wait_shown:
+            self._wait_shown = progress.waiting_until
+            print(f"mateo-bulk: {_waiting(progress)}", file=self._stream, flush=True)
         now = time.monotonic()
         if now - self._last < self._every and progress.done < progress.total:
             return
@@ -52,11 +66,34 @@ class PlainProgress:
         pass
 
 
-class LiveProgress:
-    """A rich progress bar on stderr: rows done of total, rate, ETA and counts per outcome."""
+#: The width of the bar itself and of a duration as rich shows it ("0:12:34", "-:--:--").
+_BAR, _DURATION = 20, 7
 
-    def __init__(self) -> None:
+
+class LiveProgress:
+    """A rich progress bar on stderr: the phase, rows done of total, ETA, the counts per outcome
+    and, where the terminal is wide enough, a bar, the rate, the elapsed time and the limits.
+
+    What shows is chosen from the terminal's width at every update (a terminal may be resized
+    during a long run): the phase, the row count and the time left always; then a bar and the
+    counts; then the rest. The counts are cut short to fit, never wrapped.
+    """
+
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
+        from rich.progress import Progress as Bar
+
+        self._console = console or Console(stderr=True)
+        self._notices_shown = 0
+        self._level = 1
+        self._bar = Bar(*self._columns(self._level), console=self._console, transient=False)
+        self._task = self._bar.add_task(
+            "rows", total=None, rate="", limits="", counts="", phase="reading input"
+        )
+        self._bar.start()
+
+    @staticmethod
+    def _columns(level: int) -> list[Any]:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -64,33 +101,57 @@ class LiveProgress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
-        from rich.progress import Progress as Bar
 
-        self._bar = Bar(
-            TextColumn("[bold]mateo-bulk"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} rows/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[limits]}"),
-            TextColumn("{task.fields[counts]}"),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._bar.add_task("rows", total=None, rate="-", limits="", counts="")
-        self._bar.start()
+        columns: list[Any] = [TextColumn("[bold]{task.fields[phase]}")]
+        if level >= 1:
+            columns.append(BarColumn(bar_width=_BAR))
+        columns += [MofNCompleteColumn(), TimeRemainingColumn()]
+        if level >= 2:
+            columns += [
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[limits]}"),
+            ]
+        if level >= 1:
+            columns.append(TextColumn("{task.fields[counts]}"))
+        return columns
 
     def __call__(self, progress: Progress) -> None:
-        rate = progress.done / progress.elapsed if progress.elapsed else 0.0
+        for notice in progress.notices[self._notices_shown :]:
+            # Printed above the bar, which stays at the bottom.
+            self._bar.console.print(f"mateo-bulk: note: {notice}", markup=False, highlight=False)
+        self._notices_shown = len(progress.notices)
+        phase = progress.phase or "working"
+        rows_per_second = progress.done / progress.elapsed if progress.elapsed else 0.0
+        rate = f"{rows_per_second:,.1f} rows/s"
+        limits = _limits(progress)
+        counts = _counts(progress)
+        # Widths of what each level shows besides the counts, a space between columns.
+        row_count = 2 * len(str(progress.total)) + 1
+        narrow = len(phase) + 1 + row_count + 1 + _DURATION
+        medium = narrow + 1 + _BAR
+        wide = medium + 1 + len(rate) + 1 + _DURATION + 1 + len(limits)
+        width = self._console.width
+        shortest_counts = min(len(counts), 16)
+        level = 0
+        if wide + 1 + shortest_counts <= width:
+            level = 2
+        elif medium + 1 + shortest_counts <= width:
+            level = 1
+        if level != self._level:
+            self._level = level
+            self._bar.columns = tuple(self._columns(level))
+        room = width - 1 - (wide if level == 2 else medium)
+        if len(counts) > room:
+            counts = counts[: max(room - 1, 0)] + "…"
         self._bar.update(
             self._task,
             completed=progress.done,
             total=progress.total,
-            rate=f"{rate:,.1f}",
-            limits=_limits(progress),
-            counts=_counts(progress),
+            rate=rate,
+            limits=limits,
+            counts=counts,
+            phase=phase,
         )
 
     @contextmanager

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import hashlib
+import io
 import operator
 import os
 import re
@@ -65,11 +67,17 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 _EXCEL_ADVICE = 'in Excel use File > Save As > "CSV UTF-8" and pass that file'
+#: Workbooks are read as they are, by their suffix, so the advice is to give them the right one.
+_WORKBOOK_ADVICE = "rename it to {} and pass it as it is (--sheet NAME picks a sheet)"
 #: Leading bytes of files people save as .csv by mistake, what they are, and what to do.
 _MAGIC: tuple[tuple[bytes, str, str], ...] = (
-    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)", _EXCEL_ADVICE),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)", _WORKBOOK_ADVICE.format(".xlsx")),
     (b"PK\x05\x06", "an empty zip archive", _EXCEL_ADVICE),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel .xls workbook", _EXCEL_ADVICE),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "an old Excel .xls workbook",
+        _WORKBOOK_ADVICE.format(".xls"),
+    ),
     (b"PAR1", "a Parquet file", "rename it to .parquet"),
     (b"\x1f\x8b", "gzip-compressed", "decompress it first"),
     (b"%PDF", "a PDF document", "export the data as CSV UTF-8"),
@@ -89,6 +97,8 @@ class InputRow:
     cells: tuple[str | None, str | None, str | None]
     #: Raw text of the expect_* columns (FIELDS order), when the file has any.
     expected: tuple[str | None, str | None, str | None] = (None, None, None)
+    #: Why the row is invalid for what its cells are (see RowBatch.problems), or None.
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,10 @@ class RowBatch:
     cells: tuple[pyarrow.Array | None, ...]
     #: expect_inbox_id, expect_assignee_id, expect_status (FIELDS order).
     expected: tuple[pyarrow.Array | None, ...]
+    #: Why a row is invalid for what its cells are rather than what they say (a spreadsheet's
+    #: number where a uuid belongs), one string or null per row; None when no row has such a
+    #: problem. Those cells are given as empty ones.
+    problems: pyarrow.Array | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,10 +133,19 @@ class RowBatch:
         # strict=False: an absent column is an endless repeat(None).
         rows = zip(self.rows.to_pylist(), self.conversation_id.to_pylist(), *columns, strict=False)
         if all(column is None for column in self.expected):
-            return [InputRow(number, cid, (a, b, c)) for number, cid, a, b, c, *_ in rows]
-        return [
-            InputRow(number, cid, (a, b, c), (x, y, z)) for number, cid, a, b, c, x, y, z in rows
-        ]
+            made = [InputRow(number, cid, (a, b, c)) for number, cid, a, b, c, *_ in rows]
+        else:
+            made = [
+                InputRow(number, cid, (a, b, c), (x, y, z))
+                for number, cid, a, b, c, x, y, z in rows
+            ]
+        if self.problems is not None:
+            problems = self.problems.to_pylist()
+            made = [
+                row if problem is None else dataclasses.replace(row, problem=problem)
+                for row, problem in zip(made, problems, strict=True)
+            ]
+        return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +170,7 @@ class InputFile:
         path: Path,
         *,
         name: str,
-        format: Literal["csv", "parquet"],
+        format: Literal["csv", "parquet", "spreadsheet"],
         columns: Mapping[str, str],
         indexes: Mapping[str, int],
         width: int,
@@ -192,6 +215,10 @@ class InputFile:
         """Call `callback` when the file is closed: what was made from its rows goes with it."""
         self._on_close.append(callback)
 
+    def describe_row(self, row: int) -> str:
+        """How messages name a data row: "row 5" (a sheet of a workbook: "Sheet1, row 5")."""
+        return f"row {row}"
+
     def version(self) -> tuple[int, int, int]:
         """Size, modification time and inode: changes whenever the file is rewritten."""
         status = self.path.stat()
@@ -223,9 +250,10 @@ class InputFile:
     def _csv_batches(self, chunk_rows: int) -> Iterator[RowBatch]:
         delimiter = self.delimiter or ","
         done = 0  # records read so far, blank ones included: the next row's number - 1
-        if _plain_csv(self.path):
+        end = _plain_csv(self.path)
+        if end is not None:
             try:
-                for batch, handed_out in self._arrow_csv_batches(chunk_rows, delimiter):
+                for batch, handed_out in self._arrow_csv_batches(chunk_rows, delimiter, end):
                     done = handed_out
                     yield batch
                 return
@@ -233,19 +261,27 @@ class InputFile:
                 pass  # the csv module goes on from the row after the last one handed out
         yield from self._python_csv_batches(chunk_rows, delimiter, done)
 
-    def _arrow_csv_batches(self, chunk_rows: int, delimiter: str) -> Iterator[tuple[RowBatch, int]]:
-        """The rows of a plain file (`_plain_csv`) read by pyarrow's CSV reader with quoting
-        off: the same cells as the csv module's, several times faster. A row it cannot read as
-        the csv module would (a blank line, a row of another width, bytes that are not UTF-8)
-        raises _NotPlain, after the rows before it; each batch comes with the number of rows
-        handed out so far."""
+    def _arrow_csv_batches(
+        self, chunk_rows: int, delimiter: str, end: int
+    ) -> Iterator[tuple[RowBatch, int]]:
+        """The rows of a plain file (`_plain_csv`: its first `end` bytes) read by pyarrow's CSV
+        reader with quoting off: the same cells as the csv module's, several times faster. A
+        row it cannot read as the csv module would (an empty line, a row of another width,
+        bytes that are not UTF-8) raises _NotPlain, after the rows before it; each batch comes
+        with the number of rows handed out so far."""
+        with _Bounded(self.path, end) as source:
+            yield from self._arrow_csv_rows(source, chunk_rows, delimiter)
+
+    def _arrow_csv_rows(
+        self, source: _Bounded, chunk_rows: int, delimiter: str
+    ) -> Iterator[tuple[RowBatch, int]]:
         import pyarrow as pa
         import pyarrow.csv as pa_csv
 
         names = [str(index) for index in range(self._width)]
         try:
             reader = pa_csv.open_csv(
-                self.path,
+                pa.PythonFile(source, mode="r"),
                 read_options=pa_csv.ReadOptions(
                     # Its parser keeps ~20x the block in memory: small blocks, rows regrouped.
                     column_names=names,
@@ -257,8 +293,7 @@ class InputFile:
                     delimiter=delimiter,
                     quote_char=False,
                     newlines_in_values=False,
-                    # Only at the end of a plain file: blank rows, the last ones.
-                    ignore_empty_lines=True,
+                    ignore_empty_lines=False,
                 ),
                 convert_options=pa_csv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
@@ -447,43 +482,72 @@ class InputFile:
             )
 
 
+class _Bounded(io.RawIOBase):
+    """The first `size` bytes of a file, for pyarrow to read through a Python file object."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._file = path.open("rb")
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self._left]
+        count = self._file.readinto(view)
+        self._left -= count
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 class _NotPlain(Exception):
     """The file is not one pyarrow reads as the csv module does: the csv module reads it."""
 
 
-def _plain_csv(path: Path) -> bool:
-    """Whether the file holds no `"`, no NUL byte, no line longer than the csv module's cell
-    limit (or than _MAX_LINE_CHARS) and no empty line but at its end: then the csv module reads
-    each line as its text split at the delimiter, as pyarrow's CSV reader does with quoting off
-    (and empty lines, which ask for nothing, skipped). Looked for in the bytes, a block at a
-    time; lines must end in \\n or \\r\\n."""
+def _plain_csv(path: Path) -> int | None:
+    """How many of the file's bytes pyarrow's CSV reader, quoting off, reads into the very cells
+    the csv module reads; None when that is not known to hold.
+
+    It holds for a file with no `"`, no NUL byte, no line longer than the csv module's cell
+    limit (or than _MAX_LINE_CHARS) and lines ended by \\n or \\r\\n: each line is then its
+    text split at the delimiter. The empty lines at the end (blank rows, numbered after every
+    other) are left out; an empty line before them is left to pyarrow, which refuses it in a
+    file of several columns (the csv module then reads on). Looked for in the bytes, with C
+    loops, a block at a time."""
     limit = min(csv.field_size_limit(), _MAX_LINE_CHARS)
-    empty = (b"", b"\r")
-    tail = b""
-    ended = False  # an empty line was seen: only empty lines may follow
+    step = limit // 2
+    tail = b""  # the unfinished line at the end of the blocks read so far
+    size = 0  # bytes read so far
+    text_end = 0  # just after the last byte that is not a line end
     try:
         with path.open("rb") as file:
             while block := file.read(_HASH_BLOCK):
                 if b'"' in block or b"\x00" in block:
-                    return False
+                    return None
                 data = tail + block
-                lines = data.split(b"\n")
-                tail = lines.pop()
-                if len(tail) > limit or (lines and max(map(len, lines)) > limit):
-                    return False
-                whole = data[: len(data) - len(tail)]
-                if whole.count(b"\r") != whole.count(b"\r\n"):
-                    return False  # a line ended by \r alone
-                if not ended and (b"" in lines or b"\r" in lines):
-                    ended = True
-                    lines = lines[min(lines.index(each) for each in empty if each in lines) :]
-                if ended and any(line not in empty for line in lines):
-                    return False
+                cut = data.rfind(b"\n") + 1
+                whole, tail = data[:cut], data[cut:]
+                if len(tail) > limit:
+                    return None
+                # A line longer than `limit` holds a stretch of `step` bytes without a \n.
+                if any(whole.find(b"\n", at, at + step) < 0 for at in range(0, cut, step)):
+                    if max(map(len, whole.split(b"\n"))) > limit:
+                        return None
+                returns = whole.count(b"\r")
+                if returns and returns != whole.count(b"\r\n"):
+                    return None  # a line ended by \r alone
+                size += len(block)
+                kept = len(block.rstrip(b"\r\n"))
+                if kept:
+                    text_end = size - len(block) + kept
     except OSError:
-        return False
-    if tail.rstrip(b"\r").count(b"\r") or len(tail) - len(tail.rstrip(b"\r")) > 1:
-        return False
-    return not (ended and tail not in empty)
+        return None
+    if b"\r" in tail.rstrip(b"\r") or tail.endswith(b"\r\r"):
+        return None
+    return text_end
 
 
 def _row_numbers(first: int, count: int) -> pyarrow.Array:
@@ -497,12 +561,14 @@ def open_input(
     column_map: Mapping[str, str] | None = None,
     delimiter: str | None = None,
     stdin: BinaryIO | None = None,
+    sheet: str | int | None = None,
 ) -> InputFile:
-    """Check a CSV or Parquet input file as a whole and return it ready to stream.
+    """Check a CSV, Parquet or spreadsheet input file as a whole and return it ready to stream.
 
     `path` "-" reads CSV from stdin (or from `stdin` when given), spooled to a temporary file
     because the pipeline reads its input twice. `column_map` maps FIELD -> COLUMN for files whose
-    columns have other names; `delimiter` forces a CSV delimiter instead of detecting it.
+    columns have other names; `delimiter` forces a CSV delimiter instead of detecting it;
+    `sheet` picks a workbook's sheet by name or by number from 1 (default: the first).
     Raises InputError with one line saying what is wrong and what to do.
     """
     column_map = dict(column_map or {})
@@ -513,6 +579,14 @@ def open_input(
             f"fields are {', '.join(MAPPABLE_FIELDS)}"
         )
     forced_delimiter = _check_delimiter(delimiter) if delimiter is not None else None
+    from pipeline.spreadsheet import SPREADSHEET_SUFFIXES, open_spreadsheet
+
+    suffix = Path(path).suffix.lower()
+    if sheet is not None and suffix not in SPREADSHEET_SUFFIXES:
+        shown = "stdin" if str(path) == "-" else str(path)
+        raise InputError(
+            f"--sheet: {shown} is not a spreadsheet (.xlsx, .xlsm, .xls or .ods); leave it out"
+        )
     if str(path) == "-":
         spooled = _spool_stdin(stdin)
         try:
@@ -526,17 +600,18 @@ def open_input(
         raise InputError(f"{name}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{name} is a directory; pass a .csv or .parquet file")
-    suffix = path.suffix.lower()
+    if suffix in SPREADSHEET_SUFFIXES:
+        if delimiter is not None:
+            raise InputError(f"--delimiter: {name} is a spreadsheet, not CSV; leave it out")
+        return open_spreadsheet(path, name, column_map, sheet)
     if suffix in PARQUET_SUFFIXES:
         return _open_parquet_input(path, name, column_map)
     if suffix in CSV_SUFFIXES:
         return _open_csv(path, name, column_map, forced_delimiter)
-    advice = (
-        'in Excel use File > Save As > "CSV UTF-8"'
-        if suffix in {".xlsx", ".xls", ".xlsm", ".ods"}
-        else "mateo-bulk reads .csv and .parquet files"
+    raise InputError(
+        f"{name}: unsupported file type {suffix or '(no suffix)'!r}; mateo-bulk reads .csv, "
+        ".parquet, .xlsx, .xlsm, .xls and .ods files"
     )
-    raise InputError(f"{name}: unsupported file type {suffix or '(no suffix)'!r}; {advice}")
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -719,6 +794,12 @@ def _is_blank(record: Sequence[str]) -> bool:
 
 
 def _refuse_binary(head: bytes, name: str) -> None:
+    # An OpenDocument file starts with its uncompressed mimetype, which names what it is.
+    if head.startswith(b"PK\x03\x04") and b"opendocument.spreadsheet" in head[:128]:
+        raise InputError(
+            f"{name} is an OpenDocument spreadsheet, not a CSV file; "
+            + _WORKBOOK_ADVICE.format(".ods")
+        )
     for magic, what, advice in _MAGIC:
         if head.startswith(magic):
             raise InputError(f"{name} is {what}, not a CSV file; {advice}")

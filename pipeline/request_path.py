@@ -40,6 +40,8 @@ PAGE_SIZE = 50
 #: Requests in a row that reached no API (refused, DNS) before the run stops: the base URL or
 #: the network is wrong, and every row would fail the same way.
 UNREACHABLE_STOP = 5
+#: A wait for the API at least this long is shown as the run's phase ("waiting until …").
+LONG_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -56,6 +58,9 @@ class RunControl:
     aborted: bool = False
     #: The API answered a request of this session with a success: the token is good.
     token_accepted: bool = False
+    #: The end of the run's current long wait (UTC) and why: displays show it as the phase.
+    waiting_until: datetime | None = None
+    waiting_reason: str | None = None
     _stop_requested: anyio.Event = field(default_factory=anyio.Event, repr=False)
 
     @property
@@ -73,6 +78,13 @@ class RunControl:
     def notice(self, message: str) -> None:
         if message not in self.notices:
             self.notices.append(message)
+
+    def waiting(self, seconds: float, reason: str) -> None:
+        """The run waits `seconds` for the API: said when that is long enough to be noticed
+        (a 2 requests/s pace waits about a second at every window; that is just sending)."""
+        if seconds >= LONG_WAIT_SECONDS:
+            self.waiting_until = datetime.now(UTC) + timedelta(seconds=seconds)
+            self.waiting_reason = reason
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, unless the run is told to stop meanwhile: then raise RunStopped at once."""
@@ -218,6 +230,7 @@ class RequestPath:
                         f"{_clock_after(wait)}"
                     ) from None
                 self.control.notice(f"waiting {wait:,.0f} s for the API's limit to reset (--wait)")
+                self.control.waiting(wait, "the API's limit (429 with a long Retry-After, --wait)")
                 self.pacer.hold(wait)
                 continue
             self._answered_once = True
@@ -245,6 +258,7 @@ class RequestPath:
     def _window_spent(self, reset: float) -> None:
         """`ratelimit-remaining: 0`: wait for the window to reset instead of meeting a 429."""
         if reset <= self._max_wait or self._wait_for_reset:
+            self.control.waiting(reset, "the API's rate-limit window (ratelimit-remaining: 0)")
             self.pacer.hold(min(reset, _LONGEST_DAY_SECONDS))
             return
         # A window of hours is the daily limit: stop cleanly now rather than be refused.
@@ -269,6 +283,7 @@ class RequestPath:
                 self.control.notice(
                     f"waiting for the daily budget to reset at {error.resets_at:%H:%M} UTC (--wait)"
                 )
+                self.control.waiting(seconds, "the day's request budget (--wait)")
                 await self.control.sleep(max(1.0, seconds))
 
     def _on_retry(self, error: TransientError) -> None:

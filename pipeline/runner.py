@@ -9,6 +9,7 @@ summary = resume(summary.run_dir, token=token)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import signal
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -32,6 +33,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pipeline.account import account_fingerprint
 from pipeline.client import MateoClient
 from pipeline.errors import InputError, Interrupted, MateoBulkError, RunStopped
+from pipeline.frames import (
+    FRAME_STEM,
+    PLAN_FRAME_NAME,
+    is_frame,
+    report_frame,
+    save_frame,
+    save_plan_frame,
+)
 from pipeline.grouping import Grouper
 from pipeline.html_report import HTML_SUFFIX, write_html_report
 from pipeline.journal import Journal
@@ -55,6 +64,10 @@ from pipeline.send import Sender, row_results
 from pipeline.settings import RunSettings
 from pipeline.snapshot import guard_expected, snapshot_rows
 
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -68,6 +81,15 @@ class Progress:
     rate: float | None = None
     #: Requests left in the account's budget today (None on a dry run).
     budget_left: int | None = None
+    #: What the run is doing: "checking rows" (a dry run), "reading current values" (a plan),
+    #: "sending", "waiting until HH:MM:SS UTC" (see `waiting_until`) or "stopping".
+    phase: str = ""
+    #: The end of a long wait for the API (UTC), and why; None when the run is not waiting.
+    waiting_until: datetime | None = None
+    waiting_reason: str | None = None
+    #: What the run has to say so far (a column it does not read, a wait, an API's habit):
+    #: displays show each once as it comes; the summary repeats them.
+    notices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,13 @@ class RunSummary:
     apply_requests: int = 0
     #: The undo file: `mateo-bulk run` it to put the updated rows back.
     undo_path: Path | None = None
+    #: Requests the API refused with 429 (too many), this session.
+    rate_limited: int = 0
+
+    def report_frame(self) -> pandas.DataFrame:
+        """The report as a pandas DataFrame, with the report's types (see
+        `pipeline.frames.report_frame`). Needs pandas: `pip install 'mateo-bulk[frames]'`."""
+        return report_frame(self.run_dir)
 
     @property
     def exit_code(self) -> int:
@@ -164,9 +193,7 @@ def plan(
 
     `apply_plan` then sends exactly the `change` rows, each guarded by its before-values.
     """
-    return run(
-        dataclasses.replace(settings, plan_only=True), on_progress=on_progress, transport=transport
-    )
+    return _run_in_loop(plan_async(settings, on_progress=on_progress, transport=transport))
 
 
 async def plan_async(
@@ -216,7 +243,30 @@ def resume(
     )
 
 
+def refuse_running_loop(function: str) -> None:
+    """Raise a RuntimeError that names `function`'s async twin when an event loop is running in
+    this thread (Jupyter, an async application).
+
+    A sync function cannot wait there: it would have to block the loop it runs on, and anyio's
+    own refusal ("Already running asyncio in this thread") does not say what to do instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"pipeline.{function}() cannot run inside a running event loop (Jupyter, an async "
+        f"application): use `await pipeline.{function}_async(...)` there, with the same arguments"
+    )
+
+
 def _run_in_loop(coroutine: Any) -> RunSummary:
+    try:
+        refuse_running_loop(coroutine.__name__.removesuffix("_async"))
+    except RuntimeError:
+        coroutine.close()  # never started: no "coroutine was never awaited" warning
+        raise
+
     async def main() -> RunSummary:
         return await coroutine  # type: ignore[no-any-return]
 
@@ -238,20 +288,32 @@ async def run_async(
 ) -> RunSummary:
     """The same as `run`, inside a running event loop."""
     settings.check()
-    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(settings.input)
+    frame = is_frame(settings.input)
+    named = FRAME_STEM if frame else settings.input
+    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(named)
     settings = dataclasses.replace(settings, run_dir=run_dir)
     if (run_dir / "journal.sqlite").exists():
         Journal.create(run_dir, {})  # raises the "already holds a run" error
     made_run_dir = not run_dir.exists()
     try:
-        if str(settings.input) == "-":
+        if frame:
+            # Kept in the run directory as Parquet, read from there as any Parquet input, so
+            # that the run can be resumed once the frame is gone with its process.
+            kept = await anyio.to_thread.run_sync(
+                save_frame, settings.input, run_dir, settings.column_map
+            )
+            settings = dataclasses.replace(settings, input=kept)
+        elif str(settings.input) == "-":
             # Kept in the run directory so that the run can be resumed.
             run_dir.mkdir(parents=True, exist_ok=True)
             with (run_dir / "stdin.csv").open("wb") as copy:
                 shutil.copyfileobj(sys.stdin.buffer, copy)
             settings = dataclasses.replace(settings, input=run_dir / "stdin.csv")
         input_file = open_input(
-            settings.input, column_map=settings.column_map, delimiter=settings.delimiter
+            settings.input,
+            column_map=settings.column_map,
+            delimiter=settings.delimiter,
+            sheet=settings.sheet,
         )
         with input_file:
             version = input_file.version()
@@ -337,7 +399,10 @@ async def resume_async(
             raise InputError(f"{run_dir} was a dry run: start a real one with `mateo-bulk run`")
         settings.check()
         input_file = open_input(
-            settings.input, column_map=settings.column_map, delimiter=settings.delimiter
+            settings.input,
+            column_map=settings.column_map,
+            delimiter=settings.delimiter,
+            sheet=settings.sheet,
         )
         with input_file:
             fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
@@ -394,6 +459,58 @@ class _Run:
     recorded: int = 0
     #: The counts of the last timeline event written: an idle second writes none.
     _last_event: tuple[int, ...] = ()
+    #: The last progress shown, and the wait it showed: a wait that starts while no result
+    #: comes in is shown again (see `_record_timeline`).
+    _last_progress: Progress | None = None
+
+    def show_progress(self, done: int, counts: Mapping[Outcome, int], rate: float | None) -> None:
+        """Hand the progress so far to the display, with the phase the run is in."""
+        if self.on_progress is None:
+            return
+        settings, control = self.settings, self.control
+        budget_left = None
+        if self.ledger is not None and not settings.dry_run:
+            budget_left = self.ledger.budget().left
+        until = control.waiting_until
+        if until is not None and (until <= datetime.now(UTC) or done >= self.validation.total_rows):
+            until = None  # over, or nothing is left to wait for
+        if control.stopping:
+            phase = "stopping"
+        elif until is not None:
+            phase = f"waiting until {until:%H:%M:%S} UTC"
+        elif settings.dry_run:
+            phase = "checking rows"
+        elif settings.plan_only:
+            phase = "reading current values"
+        else:
+            phase = "sending"
+        progress = Progress(
+            done,
+            self.validation.total_rows,
+            dict(counts),
+            control.requests,
+            time.monotonic() - self.started,
+            rate,
+            budget_left,
+            phase,
+            until,
+            control.waiting_reason if until is not None else None,
+            tuple(control.notices),
+        )
+        self._last_progress = progress
+        self.on_progress(progress)
+
+    def show_wait(self) -> None:
+        """A long wait that started (or ended) since the last progress: shown now, not at
+        the next result, which may be hours away."""
+        last = self._last_progress
+        if last is None:
+            return
+        until = self.control.waiting_until
+        if until is not None and until <= datetime.now(UTC):
+            until = None
+        if until != last.waiting_until or len(self.control.notices) != len(last.notices):
+            self.show_progress(last.done, last.counts, last.rate)
 
     def record_event(self, kind: str, detail: str | None = None) -> None:
         """A point of the run's timeline, with this session's counts so far."""
@@ -511,6 +628,7 @@ async def _execute(
         total_rows=validation.total_rows,
         requests=control.requests,
         retries=control.retries,
+        rate_limited=control.rate_limited,
         report_path=report_path,
         run_dir=settings.run_dir,
         elapsed=time.monotonic() - session.started,
@@ -559,15 +677,20 @@ def _apply_doctor_answers(settings: RunSettings) -> tuple[RunSettings, str | Non
 
 async def _pipeline(session: _Run, transport: httpx.AsyncBaseTransport | None) -> None:
     settings = session.settings
-    client = MateoClient(
-        settings.base_url if not settings.dry_run else "http://127.0.0.1",
-        settings.token,
-        timeout=settings.timeout,
-        max_connections=settings.concurrency,
-        transport=transport,
-        transport_kind=settings.transport,
-    )
     try:
+        if settings.dry_run:
+            # Sends nothing, so no client: its transport and TLS context cost a quarter second.
+            async with anyio.create_task_group() as tasks:
+                await _run_dry(tasks, session)
+            return
+        client = MateoClient(
+            settings.base_url,
+            settings.token,
+            timeout=settings.timeout,
+            max_connections=settings.concurrency,
+            transport=transport,
+            transport_kind=settings.transport,
+        )
         async with client, anyio.create_task_group() as tasks:
             await _run_tasks(tasks, session, client)
     except BaseExceptionGroup as group:
@@ -578,15 +701,15 @@ async def _pipeline(session: _Run, transport: httpx.AsyncBaseTransport | None) -
         raise
 
 
+async def _run_dry(tasks: TaskGroup, session: _Run) -> None:
+    signals = anyio.CancelScope()
+    tasks.start_soon(_watch_signals, session.control, signals, tasks.cancel_scope)
+    await _dry_run(session)
+    signals.cancel()
+
+
 async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> None:
     settings, control, journal = session.settings, session.control, session.journal
-    total_rows = session.validation.total_rows
-    if settings.dry_run:
-        signals = anyio.CancelScope()
-        tasks.start_soon(_watch_signals, control, signals, tasks.cancel_scope)
-        await _dry_run(session)
-        signals.cancel()
-        return
     send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](2)
     send_results, receive_results = anyio.create_memory_object_stream[list[RowResult]](16)
     signals = anyio.CancelScope()
@@ -631,6 +754,7 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
                     concurrency=settings.concurrency,
                     guarded=settings.guarded,
                     plan_only=settings.plan_only,
+                    api_sets=journal.fields_the_api_set(),
                 )
             )
         tasks.start_soon(
@@ -640,6 +764,8 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
     counts = journal.counts()
     done = sum(counts[outcome] for outcome in Outcome if outcome is not Outcome.SKIPPED)
     counts[Outcome.SKIPPED] = 0  # skipped rows of an earlier session are to be sent now
+    # Shown before the first request: what the input's check has to say comes before sending.
+    session.show_progress(done, counts, pacer.rate)
     followers_of = session.validation.duplicates.followers_of
     async with receive_results:
         async for results in _batched(receive_results):
@@ -654,21 +780,7 @@ async def _run_tasks(tasks: TaskGroup, session: _Run, client: MateoClient) -> No
                 counts[result.outcome] += 1
             done += len(results)
             session.recorded += len(results)
-            if session.on_progress is not None:
-                budget_left = None
-                if session.ledger is not None and not settings.dry_run:
-                    budget_left = session.ledger.budget().left
-                session.on_progress(
-                    Progress(
-                        done,
-                        total_rows,
-                        counts,
-                        control.requests,
-                        time.monotonic() - session.started,
-                        pacer.rate,
-                        budget_left,
-                    )
-                )
+            session.show_progress(done, counts, pacer.rate)
     signals.cancel()
     timeline.cancel()
 
@@ -683,6 +795,7 @@ async def _record_timeline(session: _Run, scope: CancelScope) -> None:
         while True:
             await anyio.sleep(_TIMELINE_INTERVAL)
             session.record_event("progress")
+            session.show_wait()
 
 
 #: Results are committed to the journal at most this often (and at once when the run ends),
@@ -770,20 +883,22 @@ async def _produce(
 async def _dry_run(session: _Run) -> None:
     """A dry run sends nothing, so each row is `planned` or `invalid` as the first pass found:
     the spooled batches go to the journal in columns, a transaction per batch (no record
-    object per row), and to the report as they go (not read back from the journal after), with
-    the same progress as a real run."""
+    object per row) on a thread of their own, and to the report as they go (not read back
+    from the journal after), with the same progress as a real run."""
     settings, journal, validation = session.settings, session.journal, session.validation
     assert validation.spool is not None
     batches = validation.spool.batches()
     version = session.input_file.version()
     counts = dict.fromkeys(Outcome, 0)
-    done = 0
     report_path = _report_path(settings)
+    writer = journal.columns_writer()
 
     def record_next(report: ReportWriter) -> dict[str, int] | None:
         checked = next(batches, None)
         if checked is None:
             return None
+        # The spool holds the rows as validated, but a report of them would describe a file
+        # that is no longer there: the user is told, as a real run tells them.
         if session.input_file.version() != version:
             session.control.stop(
                 RunStopped(
@@ -793,30 +908,31 @@ async def _dry_run(session: _Run) -> None:
             )
             return None
         columns = dry_run_columns(checked, validation.duplicates)
-        journal.record_columns(columns)
+        writer.record(columns)
         report.write(unsent_batch(columns))
         tally = columns["outcome"].value_counts().to_pylist()
         return {entry["values"]: entry["counts"] for entry in tally}
 
-    with ReportWriter(report_path) as report:
-        while (recorded := await anyio.to_thread.run_sync(record_next, report)) is not None:
-            for outcome, count in recorded.items():
-                counts[Outcome(outcome)] += count
-                done += count
-                session.recorded += count
-            if session.on_progress is not None:
-                session.on_progress(
-                    Progress(
-                        done,
-                        validation.total_rows,
-                        counts,
-                        session.control.requests,
-                        time.monotonic() - session.started,
-                        settings.rate,
-                        None,
-                    )
-                )
+    try:
+        with ReportWriter(report_path) as report:
+            await _record_dry_run(session, partial(record_next, report), counts)
+            # The report is complete once the journal holds every row it shows.
+            await anyio.to_thread.run_sync(writer.close)
+    finally:
+        writer.close()
     session.report_written = report_path
+
+
+async def _record_dry_run(
+    session: _Run, record_next: Callable[[], dict[str, int] | None], counts: dict[Outcome, int]
+) -> None:
+    done = 0
+    while (recorded := await anyio.to_thread.run_sync(record_next)) is not None:
+        for outcome, count in recorded.items():
+            counts[Outcome(outcome)] += count
+            done += count
+            session.recorded += count
+        session.show_progress(done, counts, session.settings.rate)
 
 
 async def _send_all(
@@ -902,7 +1018,7 @@ def export_report(run_dir: str | Path, path: Path) -> int:
 
 
 def apply_plan(
-    plan_path: str | Path,
+    plan_path: str | Path | pandas.DataFrame | pyarrow.Table,
     settings: RunSettings,
     *,
     on_progress: ProgressCallback | None = None,
@@ -912,12 +1028,18 @@ def apply_plan(
     """Apply exactly the `change` rows of a plan, each guarded by the values it was planned from.
 
     A row someone changed since the plan matches nothing and ends `conflict`, never overwritten.
-    `max_changes` and `expect_rows` count the plan's `change` rows (the rows applied).
+    `max_changes` and `expect_rows` count the plan's `change` rows (the rows applied). The plan
+    may be a DataFrame or Table of plan.csv's columns (its rows filtered, say).
     """
-    plan_path = Path(plan_path)
-    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(plan_path)
+    frame = plan_path if is_frame(plan_path) else None
+    named = FRAME_STEM if frame is not None else Path(plan_path)
+    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(named)
     made_run_dir = not run_dir.exists()
+    kept: Path | None = None
     try:
+        if frame is not None:
+            plan_path = kept = save_plan_frame(frame, run_dir)
+        plan_path = Path(plan_path)
         changes = plan_to_input(plan_path, run_dir / "apply.csv", guarded=settings.guarded)
         if not changes:
             raise InputError(f"{plan_path} has no rows to change; nothing to apply")
@@ -925,8 +1047,11 @@ def apply_plan(
             settings, input=run_dir / "apply.csv", run_dir=run_dir, snapshot=False, plan_only=False
         )
         return run(settings, on_progress=on_progress, transport=transport, confirm=confirm)
-    except InputError:
+    except InputError as error:
         # Nothing was sent: leave no run directory that holds only the rows it would have sent.
         if made_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if kept is not None:
+            # Not the name of the copy just removed: the frame is what the caller gave.
+            raise InputError(str(error).replace(str(kept), PLAN_FRAME_NAME)) from None
         raise

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -18,12 +18,19 @@ from pipeline.models import Guard
 from pipeline.quota import DEFAULT_DAILY_QUOTA, QuotaLedger, parse_reset_time
 from pipeline.report import check_report_path
 
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
 
 @dataclass(frozen=True)
 class RunSettings:
     """Everything a run needs; the CLI's flags map one to one onto these fields."""
 
-    input: str | Path
+    #: A .csv, .parquet, .xlsx, .xlsm, .xls or .ods file ("-": CSV from stdin), or a pandas
+    #: DataFrame or pyarrow Table with the same columns (kept in the run directory as Parquet:
+    #: see pipeline.frames).
+    input: str | Path | pandas.DataFrame | pyarrow.Table
     token: str = field(default="", repr=False)
     #: MATEO_BASE_URL when set (as on the command line), else Mateo's own: a script pointed at
     #: the sandbox by the variable must not talk to production.
@@ -44,6 +51,9 @@ class RunSettings:
     run_dir: Path | None = None
     report: Path | None = None
     delimiter: str | None = None
+    #: A workbook's sheet (.xlsx, .xlsm, .xls, .ods): its name, or its number counted from 1;
+    #: None for the first. Kept with the run, so `resume` reads the same sheet.
+    sheet: str | int | None = None
     transport: str = "aiohttp"
     #: How long an idle worker waits for a partial group to fill before sending it.
     max_group_wait: float = 0.5

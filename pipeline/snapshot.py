@@ -33,7 +33,11 @@ from pipeline.send import row_results
 
 
 def decide(
-    row: RowRequest, current: dict[str, Any] | None, *, guarded: bool
+    row: RowRequest,
+    current: dict[str, Any] | None,
+    *,
+    guarded: bool,
+    api_sets: frozenset[str] = frozenset(),
 ) -> RowRequest | RowResult:
     """What to do with a row given its current values: send it (guarded), or report it now."""
     if current is None:
@@ -51,7 +55,9 @@ def decide(
         # An earlier session sent this row and never learned the answer: judged against the
         # values it had then, not now (now they may be this run's own doing).
         if then is None or not holds_target(row, then):
-            return updated(row, values, http_status=200, attempts=0, own_fields_only=True)
+            return updated(
+                row, values, http_status=200, attempts=0, own_fields_only=True, api_sets=api_sets
+            )
     if then is not None:
         must_hold = {name: then.get(name) for name, _ in row.change.values}
         why = "changed since the run read them"
@@ -106,8 +112,12 @@ async def snapshot_rows(
     concurrency: int,
     guarded: bool,
     plan_only: bool,
+    api_sets: frozenset[str] = frozenset(),
 ) -> None:
-    """Read rows' current values a page at a time, with `concurrency` reads in flight."""
+    """Read rows' current values a page at a time, with `concurrency` reads in flight.
+
+    `api_sets`: fields an earlier session saw the API set without being asked (see
+    `outcomes.updated`)."""
     send_pages, receive_pages = anyio.create_memory_object_stream[list[RowRequest]](concurrency)
 
     async def split() -> None:
@@ -119,7 +129,7 @@ async def snapshot_rows(
     async def read(pages: ObjectReceiveStream[list[RowRequest]]) -> None:
         async with pages:
             async for page in pages:
-                checked, sendable = await _read_page(path, control, page, guarded)
+                checked, sendable = await _read_page(path, control, page, guarded, api_sets)
                 if plan_only:
                     checked += [
                         RowResult(
@@ -152,7 +162,11 @@ def guard_expected(row: RowRequest, guarded: bool) -> RowRequest:
 
 
 async def _read_page(
-    path: RequestPath, control: RunControl, page: list[RowRequest], guarded: bool
+    path: RequestPath,
+    control: RunControl,
+    page: list[RowRequest],
+    guarded: bool,
+    api_sets: frozenset[str] = frozenset(),
 ) -> tuple[list[RowResult], list[RowRequest]]:
     if control.stopping:
         return skipped(page), []
@@ -174,7 +188,9 @@ async def _read_page(
     checked: list[RowResult] = []
     sendable: list[RowRequest] = []
     for row in page:
-        decided = decide(row, current.get(row.conversation_id), guarded=guarded)
+        decided = decide(
+            row, current.get(row.conversation_id), guarded=guarded, api_sets=api_sets
+        )
         if isinstance(decided, RowResult):
             checked.append(decided)
         else:

@@ -148,6 +148,8 @@ def validate_row(row: InputRow, fixed: Mapping[str, str | None]) -> RowRequest |
             elif value is not UNSET:
                 expected.append((field, value))
 
+    if row.problem is not None:
+        return InvalidRow(row.row, conversation_id, _with_cell_problem(row.problem, problems))
     if problems:
         return InvalidRow(row.row, conversation_id, "; ".join(problems))
     if not values:
@@ -261,10 +263,46 @@ def validate_batch(batch: RowBatch, fixed: Mapping[str, str | None]) -> pyarrow.
         # The rows the shortcuts cannot vouch for, judged one by one by the rule itself.
         replacements = _check_rows(batch, checked, fixed, has_expected)
         columns = [
-            pc.replace_with_mask(column, needs_row_check, arrays.strings(values))
-            for column, values in zip(columns, replacements, strict=True)
+            # The value columns are null on these rows already: most of them stay invalid.
+            column
+            if position > 1 and all(value is None for value in values)
+            else pc.replace_with_mask(column, needs_row_check, arrays.strings(values))
+            for position, (column, values) in enumerate(zip(columns, replacements, strict=True))
         ]
+    if batch.problems is not None:
+        columns = _with_cell_problems(columns, batch.problems)
     return pa.RecordBatch.from_arrays([batch.rows, *columns], schema=checked_schema())
+
+
+def _with_cell_problem(problem: str, own: Sequence[str]) -> str:
+    """A row's reason: the reader's `problem` first, then the rule's own problems less those
+    that only echo the cells the reader handed on empty."""
+    echoes = {_NOTHING_TO_CHANGE}
+    if any(part.startswith("conversation_id ") for part in problem.split("; ")):
+        echoes.add("conversation_id is empty")
+    return "; ".join([problem, *(part for part in own if part not in echoes)])
+
+
+def _with_cell_problems(columns: list[Any], problems: pyarrow.Array) -> list[Any]:
+    """The rows the reader found wrong by their cells' types (`RowBatch.problems`) made
+    invalid, its reasons first. It handed those cells on empty, so an empty id (when it flagged
+    the id) and "nothing to change" only echo what it set aside, and are left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flagged = pc.is_valid(problems)
+    at = pc.indices_nonzero(flagged)
+    reasons = []
+    for problem, own in zip(
+        pc.take(problems, at).to_pylist(), pc.take(columns[1], at).to_pylist(), strict=True
+    ):
+        reasons.append(_with_cell_problem(problem, [] if own is None else own.split("; ")))
+    no_value = pa.scalar(None, pa.string())
+    return [
+        columns[0],
+        pc.replace_with_mask(columns[1], flagged, arrays.strings(reasons)),
+        *(pc.if_else(flagged, no_value, column) for column in columns[2:]),
+    ]
 
 
 def _parse_column(

@@ -197,7 +197,8 @@ def table_rows() -> list[dict[str, Any]]:
 
 
 def parse_line(cells: tuple[str, str, str, str]) -> tuple[str | None, dict[str, str | None] | None]:
-    """The id and target a row asks for, by the README's cell rules; target None = invalid."""
+    """The id and target a row asks for, by the input rules of docs/input-and-report.md;
+    target None = invalid."""
     conversation_id = cells[0].strip().lower()
     valid = bool(UUID.fullmatch(conversation_id))
     target: dict[str, str | None] = {}
@@ -1210,9 +1211,7 @@ class Checker:
                 if not commit.changed:
                     continue
                 conversation_id = commit.conversation_id
-                run_changes = [
-                    c.seq for _, c in self.commits.get(conversation_id, []) if c.changed
-                ]
+                run_changes = [c.seq for _, c in self.commits.get(conversation_id, []) if c.changed]
                 if not run_changes:
                     continue
                 later = _changed_fields(

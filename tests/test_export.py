@@ -321,7 +321,7 @@ def existing(tmp_path: Path) -> Path:
     path = write_csv(
         tmp_path / "exists.csv", [{"conversation_id": str(uuid.uuid4()), "status": "closed"}]
     )
-    (tmp_path / "exists.xlsx").write_bytes(path.read_bytes())
+    (tmp_path / "exists.json").write_bytes(path.read_bytes())
     return path
 
 
@@ -367,7 +367,7 @@ def test_a_bad_where_is_one_line_exit_2_and_nothing_sent(
         (["verify", "exists.csv", "--report", "r.txt"], "suffix must be one of"),
         (["verify", "exists.csv", "--set", "status=done"], "status must be one of"),
         (["verify", "exists.csv", "--map", "ticket=id"], "unknown field 'ticket'"),
-        (["verify", "exists.xlsx"], "unsupported file type"),
+        (["verify", "exists.json"], "unsupported file type"),
         (["verify", "exists.csv", "--token-file", "no-token"], "--token-file"),
     ],
 )

@@ -50,9 +50,7 @@ def test_an_unreachable_api_stops_within_seconds_and_costs_nothing(
     assert outcomes == {"skipped"}
 
 
-def test_a_wrong_base_path_stops_the_run_after_one_answer(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_a_wrong_base_path_stops_the_run_after_one_answer(sandbox: Sandbox, tmp_path: Path) -> None:
     """A 404 from a wrong --base-url path stops the run (exit 3) instead of failing every row."""
     path = moving_rows(sandbox, tmp_path, 200)
     wrong = sandbox.base_url.replace("/api/v1", "/api/v2")
@@ -67,9 +65,7 @@ def test_a_wrong_base_path_stops_the_run_after_one_answer(
 
 
 @pytest.mark.parametrize("snapshot", [True, False], ids=["snapshot", "no-snapshot"])
-def test_a_wrong_token_costs_one_request(
-    sandbox: Sandbox, tmp_path: Path, snapshot: bool
-) -> None:
+def test_a_wrong_token_costs_one_request(sandbox: Sandbox, tmp_path: Path, snapshot: bool) -> None:
     """The run's first request is its preflight: the others wait for its answer, so a refused
     token stops the run after one request, not after a pool of them."""
     path = moving_rows(sandbox, tmp_path, 200)
@@ -111,9 +107,7 @@ def test_a_closed_pipe_is_not_a_traceback(sandbox: Sandbox, tmp_path: Path) -> N
     assert status.returncode == 0
 
 
-def test_status_of_a_killed_run_says_the_process_is_gone(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_status_of_a_killed_run_says_the_process_is_gone(sandbox: Sandbox, tmp_path: Path) -> None:
     """After kill -9, `status` says `stopped (process gone)`, not `running` forever."""
     import os
     import signal
@@ -204,3 +198,86 @@ def test_resume_refuses_to_change_what_a_row_means(tmp_path: Path) -> None:
 
     with pytest.raises(InputError):
         resume(tmp_path, token="t", overrides={"batch_size": 5})
+
+
+def test_a_long_wait_is_a_json_event_and_the_phase(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A wait for the API's window to reset is told at once (`waiting`: until when, why), and
+    the progress events say which phase the run is in: a scheduler watching the log must not
+    take a quiet run for a hung one."""
+    import json
+
+    sandbox.configure(rate=0.18, burst=1)  # one request, then ~6 s until the next token
+    path = moving_rows(sandbox, tmp_path, 2)
+    result = run_cli(
+        "run", path, "--base-url", sandbox.base_url, "--rate", "unlimited", "--no-snapshot",
+        "--batch-size", "1", "--log-format", "json", "--run-dir", tmp_path / "run",
+        token=sandbox.token,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    waits = [event for event in events if event["event"] == "waiting"]
+    assert waits, [event["event"] for event in events]
+    assert 4 <= waits[0]["seconds"] <= 10
+    assert "ratelimit-remaining" in waits[0]["reason"]
+    phases = [event["phase"] for event in events if event["event"] == "progress"]
+    assert phases[-1] == "sending"
+    assert sandbox.stats()["updates"] == 2
+
+
+@pytest.mark.parametrize("width", [50, 79, 100, 160])
+def test_the_live_bar_fits_the_terminal_and_shows_the_phase(width: int) -> None:
+    """Below ~120 columns the bar used to wrap into an unreadable block; now what does not fit
+    is left out, the phase always stays."""
+    import io
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+
+    from pipeline.models import Outcome
+    from pipeline.progress import LiveProgress
+    from pipeline.runner import Progress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=True, color_system=None)
+    display = LiveProgress(console)
+    until = datetime.now(UTC) + timedelta(hours=3)
+    counts = dict.fromkeys(Outcome, 0) | {Outcome.UPDATED: 123_456, Outcome.FAILED: 12}
+    phase = f"waiting until {until:%H:%M:%S} UTC"
+    display(Progress(123_468, 1_000_000, counts, 130_000, 65_000.0, 2.0, 8_000, phase, until))
+    display.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(len(line) <= width for line in lines), lines
+    assert phase in lines[-1] and "123468/1000000" in lines[-1]
+    if width >= 100:
+        assert "updated 123,456" in lines[-1]
+    if width >= 160:
+        assert "budget left 8,000" in lines[-1]
+
+
+def test_a_notice_is_told_before_the_first_request(sandbox: Sandbox, tmp_path: Path) -> None:
+    """What the run has to say about its input (here: a column that looks like a target but is
+    not read) is a `notice` event before any row is sent, not only a line of the summary."""
+    import json
+
+    rows = [{**row, "inbox": "9"} for row in moving_rows_as_dicts(sandbox, 3)]
+    path = write_csv(tmp_path / "in.csv", rows, columns=("conversation_id", "status", "inbox"))
+    result = run_cli(
+        "run", path, "--base-url", sandbox.base_url, "--rate", "unlimited", "--log-format",
+        "json", "--run-dir", tmp_path / "run", token=sandbox.token,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    kinds = [event["event"] for event in events]
+    assert "notice" in kinds, kinds
+    notice = events[kinds.index("notice")]
+    assert "column 'inbox' is not read" in notice["message"]
+    progress = [
+        event for event in events[: kinds.index("notice") + 1] if event["event"] == "progress"
+    ]
+    assert all(event["requests"] == 0 for event in progress)
+
+
+def moving_rows_as_dicts(sandbox: Sandbox, count: int) -> list[dict[str, str]]:
+    return [{"conversation_id": row["id"], "status": "archived"} for row in sandbox.rows()[:count]]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import InputError
 from pipeline.reader import InputFile, InputRow, open_input
@@ -308,7 +310,8 @@ def test_missing_file_directory_and_suffix_are_refused(tmp_path: Path) -> None:
     """A missing path, a directory and an unsupported suffix each get one clear line."""
     assert "no such file" in refusal(tmp_path / "nope.csv")
     assert "is a directory" in refusal(tmp_path)
-    assert 'Save As > "CSV UTF-8"' in refusal(write(tmp_path, "x", "rows.xlsx"))
+    # A workbook is read by its suffix: text named .xlsx is a damaged workbook, not a CSV file.
+    assert "is not a readable .xlsx workbook" in refusal(write(tmp_path, "x", "rows.xlsx"))
     assert "unsupported file type '.json'" in refusal(write(tmp_path, "{}", "rows.json"))
 
 
@@ -383,3 +386,64 @@ def test_damaged_parquet_files_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"id": pa.array([], pa.string())}), empty)
     assert "no rows" in refusal(empty)
+
+
+# --- the fast path for plain CSV ---------------------------------------------------------------
+
+_PLAIN_PIECES = [
+    ID_1,
+    ID_2.upper(),
+    "null",
+    "closed",
+    " ",
+    "\t",
+    "\u00a0",
+    "\x1c",
+    "é",
+    "\u2028",
+    "",
+    ",",
+    ";",
+    "\n",
+    "\r\n",
+    "\n\n",
+    ", ,",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            "conversation_id,inbox_id,assignee_id,status\n",
+            "\ufeffid;status\r\n",
+            "id,expect_status,status,note\n",
+            "id\n",
+        ]
+    ),
+    st.lists(st.sampled_from(_PLAIN_PIECES), max_size=60),
+    st.sampled_from([1, 2, 7, 50_000]),
+)
+def test_a_plain_file_reads_the_same_through_pyarrow_and_the_csv_module(
+    tmp_path_factory: pytest.TempPathFactory,
+    header: str,
+    pieces: list[str],
+    chunk_rows: int,
+) -> None:
+    """A file without quotes is read by pyarrow's CSV reader, which hands over the csv
+    module's rows exactly: the same cells, row numbers, blank rows skipped, chunk sizes and
+    errors (a short or long row, an empty line: the csv module reads on from there)."""
+    path = tmp_path_factory.mktemp("plain") / "rows.csv"
+    path.write_bytes((header + "".join(pieces)).encode())
+
+    def read() -> list[list[InputRow]] | str:
+        try:
+            with open_input(path) as input_file:
+                return list(input_file.chunks(chunk_rows))
+        except InputError as error:
+            return str(error)
+
+    fast = read()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipeline.reader._plain_csv", lambda path: None)
+        assert read() == fast

@@ -398,3 +398,76 @@ def test_random_files_give_input_errors_or_rows_the_api_accepts(
                         assert result.reason
     except InputError as error:
         assert str(error) and "\n" not in str(error)
+
+
+# --- in bulk: validate_batch gives validate_row's answers ------------------------------------
+
+
+def _checked_rows(rows: list[InputRow], fixed: dict[str, str | None]) -> list[object]:
+    """validate_batch on `rows` (one batch), each row's answer as validate_row would give it."""
+    import pyarrow as pa
+
+    from pipeline.reader import RowBatch
+    from pipeline.validate import JSON_NULL, decode_change, validate_batch
+
+    def column(values: list[str | None]) -> pa.Array | None:
+        return None if values[0] is None else pa.array(values, pa.string())
+
+    batch = RowBatch(
+        pa.array([each.row for each in rows], pa.int64()),
+        pa.array([each.conversation_id for each in rows], pa.string()),
+        tuple(column([each.cells[index] for each in rows]) for index in range(3)),
+        tuple(column([each.expected[index] for each in rows]) for index in range(3)),
+    )
+    checked = validate_batch(batch, fixed).to_pydict()
+    answers: list[object] = []
+    for index, each in enumerate(rows):
+        reason = checked["reason"][index]
+        conversation_id = checked["conversation_id"][index]
+        if reason is not None:
+            assert all(checked[name][index] is None for name in FIELDS)
+            answers.append(InvalidRow(each.row, conversation_id, reason))
+            continue
+        target = decode_change([checked[name][index] for name in FIELDS])
+        wanted = decode_change([checked[f"expect_{name}"][index] for name in FIELDS])
+        assert JSON_NULL not in (value for _, value in target.values)
+        answers.append(RowRequest(each.row, conversation_id, target, expected=wanted))
+    return answers
+
+
+bulk_ids = st.one_of(
+    uuids,
+    st.builds(lambda value, pad, flips: pad + mixed_case(value, flips) + pad, uuids, spaces,
+              st.lists(st.booleans(), max_size=36)),
+    st.sampled_from(["", " ", "abc", "{" + ID_1 + "}", ID_1.replace("-", ""), "\t" + ID_2]),
+    st.text(max_size=12),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(bulk_ids, cell_values, cell_values, cell_values), min_size=1, max_size=25),
+    st.booleans(),
+    st.sampled_from([{}, {"status": "closed"}, {"assignee_id": None}]),
+    st.data(),
+)
+def test_validate_batch_gives_validate_rows_answers(
+    cells: list[tuple[str, str | None, str | None, str | None]],
+    with_expected: bool,
+    fixed: dict[str, str | None],
+    data: st.DataObject,
+) -> None:
+    """validate_batch, the columnar check a big file takes, answers each row exactly as
+    validate_row does: same id, same reason text, same change and expected values."""
+    # A column is absent (None) or present (text) for every row of a file alike.
+    absent = [all(row[index] is None for row in cells) for index in (1, 2, 3)]
+    rows = []
+    for number, (conversation_id, *row_cells) in enumerate(cells, 3):
+        present = tuple(None if absent[index] else (row_cells[index] or "") for index in range(3))
+        expected = (
+            tuple(data.draw(cell_values.map(lambda value: value or "")) for _ in range(3))
+            if with_expected
+            else (None, None, None)
+        )
+        rows.append(InputRow(number, conversation_id, present, expected))  # type: ignore[arg-type]
+    assert _checked_rows(rows, fixed) == [validate_row(row, fixed) for row in rows]
