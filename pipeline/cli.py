@@ -1152,6 +1152,10 @@ def _print_stop(summary: RunSummary, *, sandbox: bool = False) -> None:
         advice = str(stop)
     elif isinstance(stop, RunStopped):
         advice = f"{stop}; rows not attempted are reported as skipped"
+    elif isinstance(stop, InputError):
+        # Refused before anything was sent (--strict): nothing stopped early.
+        print(f"mateo-bulk: {stop}", file=sys.stderr)
+        return
     else:
         advice = str(stop)
     print(f"mateo-bulk: stopped early: {advice}", file=sys.stderr)

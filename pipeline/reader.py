@@ -153,6 +153,8 @@ class InputFile:
         width: int,
         delimiter: str | None,
         temporary: bool = False,
+        header: Sequence[str] = (),
+        not_cells: Sequence[int] = (),
     ) -> None:
         self.path = path
         #: How messages name the file: the path as given, or "stdin".
@@ -163,6 +165,10 @@ class InputFile:
         self.delimiter = delimiter
         self._indexes = dict(indexes)
         self._width = width
+        #: Every column's name as written, in file order.
+        self.header = tuple(header)
+        #: Positions of columns whose values are not single cells (Parquet lists, structs).
+        self._not_cells = frozenset(not_cells)
         self._temporary = temporary
         self._on_close: list[Callable[[], object]] = []
 
@@ -219,6 +225,54 @@ class InputFile:
         if self.format == "csv":
             return self._csv_batches(chunk_rows)
         return self._parquet_batches(chunk_rows)
+
+    def passthrough(self) -> list[int]:
+        """The positions of the columns the run does not read (a note, a ticket number): the
+        report carries them along, after its own. (Parquet columns of lists or structs hold
+        no single cell: they are left out.)"""
+        read = set(self._indexes.values()) | self._not_cells
+        return [index for index in range(len(self.header)) if index not in read]
+
+    def field_positions(self) -> dict[str, int]:
+        """field -> position of the column it is read from."""
+        return dict(self._indexes)
+
+    def cells(
+        self, positions: Sequence[int], chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+        """The cells of the columns at `positions`, as written, with their rows' numbers (as
+        `batches()` numbers them), a chunk of rows at a time in row order.
+
+        The file passed every check when it was opened; it is read again here, by the csv
+        module, which numbers rows exactly as the first pass did.
+        """
+        if self.format == "parquet":
+            yield from self._parquet_cells([self.header[at] for at in positions], chunk_rows)
+            return
+        done = 0
+        with _csv_reader(self.path, self.name, self.delimiter or ",") as reader:
+            next(reader, None)  # the header
+            while records := list(islice(reader, chunk_rows)):
+                numbers = _row_numbers(done + 1, len(records))
+                done += len(records)
+                yield numbers, [
+                    arrays.strings(
+                        [record[at] if at < len(record) else "" for record in records]
+                    )
+                    for at in positions
+                ]
+
+    def _parquet_cells(
+        self, names: Sequence[str], chunk_rows: int
+    ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+        parquet_file, _, _ = _open_parquet(self.path, self.name)
+        done = 0
+        for batch in parquet_file.iter_batches(
+            batch_size=chunk_rows, columns=list(dict.fromkeys(names)), use_threads=False
+        ):
+            numbers = _row_numbers(done + 1, batch.num_rows)
+            done += batch.num_rows
+            yield numbers, [_string_array(batch.column(name)) for name in names]
 
     def _csv_batches(self, chunk_rows: int) -> Iterator[RowBatch]:
         delimiter = self.delimiter or ","
@@ -587,6 +641,7 @@ def _open_csv(
         width=len(header),
         delimiter=delimiter,
         temporary=temporary,
+        header=header,
     )
 
 
@@ -824,6 +879,10 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
         indexes=indexes,
         width=len(schema.names),
         delimiter=None,
+        header=schema.names,
+        not_cells=[
+            index for index, column in enumerate(schema) if pa.types.is_nested(column.type)
+        ],
     )
 
 
