@@ -169,6 +169,8 @@ class InputFile:
         self.header = tuple(header)
         #: Positions of columns whose values are not single cells (Parquet lists, structs).
         self._not_cells = frozenset(not_cells)
+        #: What the user should hear about the file's columns before anything is sent.
+        self.warnings = _look_alike_columns(self.header, self._indexes)
         self._temporary = temporary
         self._on_close: list[Callable[[], object]] = []
 
@@ -994,6 +996,43 @@ def _resolve_columns(
             )
         readers[index] = field
     return indexes
+
+
+#: Names users give target columns that are not the names mateo-bulk reads.
+_TARGET_SYNONYMS = {
+    "inbox": "inbox_id",
+    "agent": "assignee_id",
+    "agent_id": "assignee_id",
+    "assignee": "assignee_id",
+    "assigned_to": "assignee_id",
+    "owner": "assignee_id",
+    "owner_id": "assignee_id",
+    "state": "status",
+}
+
+
+def _look_alike_columns(header: Sequence[str], indexes: Mapping[str, int]) -> list[str]:
+    """A warning for each column the run does not read whose name looks like a field it would
+    read (`inbox` for `inbox_id`, `stauts`): its values would be ignored without a word."""
+    import difflib
+
+    read = set(indexes.values())
+    unread_fields = [field for field in MAPPABLE_FIELDS if field not in indexes]
+    warnings = []
+    for position, column in enumerate(header):
+        if position in read:
+            continue
+        name = _normalise_name(column).replace(" ", "_").replace("-", "_")
+        meant = _TARGET_SYNONYMS.get(name) or next(
+            iter(difflib.get_close_matches(name, unread_fields, n=1, cutoff=0.75)), None
+        )
+        if meant is None or meant in indexes:
+            continue
+        warnings.append(
+            f"column {column!r} is not read: its values are ignored. If it holds {meant} "
+            f"values, rename it {meant} or pass --map {meant}={column}"
+        )
+    return warnings
 
 
 def _list_columns(header: Sequence[str], limit: int = 12) -> str:

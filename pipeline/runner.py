@@ -461,6 +461,8 @@ async def _execute(
     control = session.control
     if learned:
         control.notice(learned)
+    for warning in input_file.warnings:
+        control.notice(warning)
     # resume_async marks the journal resumed before it gets here; a new run's never is.
     session.record_event("resume" if journal.meta().get("resumed_at") else "start")
     try:

@@ -156,3 +156,15 @@ def test_a_conflicting_duplicate_names_its_twins(tmp_path: Path, copies: int) ->
     else:
         assert "also listed in rows 2, 3, 4 and 1 more" in messages[0]
         assert "also listed in rows 1, 2, 3 and 1 more" in messages[4]
+
+
+def test_a_column_that_looks_like_a_target_is_not_ignored_silently(tmp_path: Path) -> None:
+    """`inbox` for `inbox_id`: the run would change the status only, and said nothing."""
+    rows = [
+        {"conversation_id": "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c", "status": "open", "inbox": "9"}
+    ]
+    path = write_csv(tmp_path / "in.csv", rows, columns=("conversation_id", "status", "inbox"))
+    result = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "run", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "column 'inbox' is not read" in result.stdout
+    assert "--map inbox_id=inbox" in result.stdout
