@@ -21,7 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, compress, count, islice, repeat
@@ -240,10 +240,14 @@ class InputFile:
         return dict(self._indexes)
 
     def cells(
-        self, positions: Sequence[int], chunk_rows: int = DEFAULT_CHUNK_ROWS
+        self,
+        positions: Sequence[int],
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        only: Set[int] | None = None,
     ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
         """The cells of the columns at `positions`, as written, with their rows' numbers (as
-        `batches()` numbers them), a chunk of rows at a time in row order.
+        `batches()` numbers them), a chunk of rows at a time in row order; of the rows in
+        `only`, when given (a few failed rows of a big file: the others are skipped unread).
 
         The file passed every check when it was opened; it is read again here, by the csv
         module, which numbers rows exactly as the first pass did.
@@ -255,9 +259,14 @@ class InputFile:
         with _csv_reader(self.path, self.name, self.delimiter or ",") as reader:
             next(reader, None)  # the header
             while records := list(islice(reader, chunk_rows)):
-                numbers = _row_numbers(done + 1, len(records))
+                first = done + 1
                 done += len(records)
-                yield numbers, [
+                if only is None:
+                    numbers = list(range(first, done + 1))
+                else:
+                    numbers = [number for number in range(first, done + 1) if number in only]
+                    records = [records[number - first] for number in numbers]
+                yield arrays.integers(numbers), [
                     arrays.strings(
                         [record[at] if at < len(record) else "" for record in records]
                     )

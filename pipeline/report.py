@@ -8,7 +8,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -363,12 +363,17 @@ class InputCells:
     """
 
     def __init__(
-        self, input_file: InputFile, positions: Iterable[int], taken: Iterable[str] = COLUMNS
+        self,
+        input_file: InputFile,
+        positions: Iterable[int],
+        taken: Iterable[str] = COLUMNS,
+        only: Set[int] | None = None,
     ) -> None:
         import pyarrow as pa
 
         self._input_file = input_file
         self.positions = list(positions)
+        self._only = only
         #: The columns' names in the report: as in the input, unless the report has a column
         #: of that name (then `input_` goes before it), or an earlier column took it.
         self.labels: list[str] = []
@@ -403,7 +408,7 @@ class InputCells:
             return [pa.array([], pa.string()) for _ in self.positions]
         low, high = pc.min(rows).as_py(), pc.max(rows).as_py()
         if self._source is None or low < self._held_from:
-            self._source = self._input_file.cells(self.positions)
+            self._source = self._input_file.cells(self.positions, only=self._only)
             self._rows = pa.array([], pa.int64())
             self._cells = [pa.array([], pa.string()) for _ in self.positions]
             self._held_from, self._ended = 0, False
@@ -478,15 +483,19 @@ FAILURE_COLUMNS: tuple[str, ...] = (
 FAILING_OUTCOMES = (Outcome.FAILED, Outcome.REJECTED, Outcome.INVALID)
 
 
-def write_failures(results: Iterable[RowResult], path: Path, input_file: InputFile) -> int:
-    """The failed, rejected and invalid rows as an input file (CSV or Parquet by suffix), their
-    cells as the input has them, and why each failed: fix them, run the file again."""
+def write_failures(
+    results: Iterable[RowResult], path: Path, input_file: InputFile, rows: Set[int]
+) -> int:
+    """The failed, rejected and invalid rows (`results`, in row order; their numbers `rows`)
+    as an input file (CSV or Parquet by suffix), their cells as the input has them, and why
+    each failed: fix them, run the file again. Only their cells are read from the input."""
     read_from = input_file.field_positions()
     fields = [field for field in ("conversation_id", *FIELDS) if field in read_from]
     cells = InputCells(
         input_file,
         [read_from[field] for field in fields] + input_file.passthrough(),
         taken=FAILURE_COLUMNS,
+        only=rows,
     )
     carried = cells.labels[len(fields) :]
 
@@ -510,8 +519,8 @@ def write_failures(results: Iterable[RowResult], path: Path, input_file: InputFi
 
     remaining = iter(results)
     chunks = iter(lambda: list(itertools.islice(remaining, _BATCH_ROWS)), [])
-    rows = itertools.chain.from_iterable(records(chunk) for chunk in chunks)
-    return _write_rows(rows, (*FAILURE_COLUMNS, *carried), path)
+    lines = itertools.chain.from_iterable(records(chunk) for chunk in chunks)
+    return _write_rows(lines, (*FAILURE_COLUMNS, *carried), path)
 
 
 #: What `plan` decided for each row, by outcome of the snapshot.

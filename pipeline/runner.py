@@ -519,9 +519,10 @@ async def _execute(
         undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
         if not write_undo(undoable, undo_path):
             undo_path = None
-    if report_path and any(True for _ in journal.results(FAILING_OUTCOMES)):
+    failing = {result.row for result in journal.results(FAILING_OUTCOMES)} if report_path else set()
+    if report_path and failing:
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
-        write_failures(journal.results(FAILING_OUTCOMES), failures_path, input_file)
+        write_failures(journal.results(FAILING_OUTCOMES), failures_path, input_file, failing)
     if report_path:
         try:
             write_html_report(
