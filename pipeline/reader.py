@@ -155,6 +155,7 @@ class InputFile:
         temporary: bool = False,
         header: Sequence[str] = (),
         not_cells: Sequence[int] = (),
+        lines_before_header: int = 0,
     ) -> None:
         self.path = path
         #: How messages name the file: the path as given, or "stdin".
@@ -167,6 +168,8 @@ class InputFile:
         self._width = width
         #: Every column's name as written, in file order.
         self.header = tuple(header)
+        #: CSV records before the first row: the header, and Excel's `sep=` line before it.
+        self._before_rows = lines_before_header + 1
         #: Positions of columns whose values are not single cells (Parquet lists, structs).
         self._not_cells = frozenset(not_cells)
         #: What the user should hear about the file's columns before anything is sent.
@@ -257,7 +260,8 @@ class InputFile:
             return
         done = 0
         with _csv_reader(self.path, self.name, self.delimiter or ",") as reader:
-            next(reader, None)  # the header
+            for _ in islice(reader, self._before_rows):  # the header
+                pass
             while records := list(islice(reader, chunk_rows)):
                 first = done + 1
                 done += len(records)
@@ -266,12 +270,15 @@ class InputFile:
                 else:
                     numbers = [number for number in range(first, done + 1) if number in only]
                     records = [records[number - first] for number in numbers]
-                yield arrays.integers(numbers), [
-                    arrays.strings(
-                        [record[at] if at < len(record) else "" for record in records]
-                    )
-                    for at in positions
-                ]
+                yield (
+                    arrays.integers(numbers),
+                    [
+                        arrays.strings(
+                            [record[at] if at < len(record) else "" for record in records]
+                        )
+                        for at in positions
+                    ],
+                )
 
     def _parquet_cells(
         self, names: Sequence[str], chunk_rows: int
@@ -314,7 +321,7 @@ class InputFile:
                 read_options=pa_csv.ReadOptions(
                     # Its parser keeps ~20x the block in memory: small blocks, rows regrouped.
                     column_names=names,
-                    skip_rows=1,
+                    skip_rows=self._before_rows,
                     block_size=256 * 1024,
                     use_threads=False,
                 ),
@@ -394,7 +401,7 @@ class InputFile:
     def _python_csv_batches(self, chunk_rows: int, delimiter: str, done: int) -> Iterator[RowBatch]:
         """The rows after the first `done`, read by the csv module."""
         with _csv_reader(self.path, self.name, delimiter) as reader:
-            for _ in islice(reader, done + 1):  # the header, checked by open_input, and those
+            for _ in islice(reader, done + self._before_rows):  # the header (checked) and those
                 pass
             while True:
                 records: list[list[str]] = []
@@ -435,7 +442,7 @@ class InputFile:
     def _line_of_row(self, row: int, delimiter: str) -> int:
         """The physical line a data row ends on (read again: only an error needs it)."""
         with _csv_reader(self.path, self.name, delimiter) as reader:
-            for _ in islice(reader, row + 1):  # the header, then `row` records
+            for _ in islice(reader, row + self._before_rows):  # the header, then `row` records
                 pass
             return int(reader.line_num)
 
@@ -631,9 +638,18 @@ def _open_csv(
         header_text = header_line.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _utf8_error(path, name) from None
+    # Excel writes `sep=;` before the header of a CSV meant for another locale: the delimiter.
+    excel_sep = re.fullmatch(r"sep=(.)", header_text.strip())
+    lines_before_header = 0
+    if excel_sep:
+        lines_before_header = 1
+        if delimiter is None:
+            delimiter = _check_delimiter(excel_sep.group(1))
     if delimiter is None:
         delimiter = _detect_delimiter(header_text)
     with _csv_reader(path, name, delimiter) as reader:
+        for _ in islice(reader, lines_before_header):
+            pass
         header: list[str] = next(reader, [])
         if not header:
             raise InputError(
@@ -653,6 +669,7 @@ def _open_csv(
         delimiter=delimiter,
         temporary=temporary,
         header=header,
+        lines_before_header=lines_before_header,
     )
 
 
@@ -891,9 +908,7 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
         width=len(schema.names),
         delimiter=None,
         header=schema.names,
-        not_cells=[
-            index for index, column in enumerate(schema) if pa.types.is_nested(column.type)
-        ],
+        not_cells=[index for index, column in enumerate(schema) if pa.types.is_nested(column.type)],
     )
 
 

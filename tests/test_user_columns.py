@@ -168,3 +168,25 @@ def test_a_column_that_looks_like_a_target_is_not_ignored_silently(tmp_path: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert "column 'inbox' is not read" in result.stdout
     assert "--map inbox_id=inbox" in result.stdout
+
+
+@pytest.mark.parametrize("size", [3, 30_000], ids=["small", "past-a-chunk"])
+def test_excels_sep_line_names_the_delimiter(tmp_path: Path, size: int) -> None:
+    """`sep=;` before the header (Excel's CSV for another locale) used to be read as the header."""
+    ids = [f"6f1c2a1e-4b7d-4c1e-9a8b-{number:012x}" for number in range(size)]
+    lines = ["sep=;", "conversation_id;status;note", *(f"{each};closed;a, b" for each in ids)]
+    lines[3] = f"{ids[1]};shut;x"  # row 2, line 4 of the file
+    path = tmp_path / "excel.csv"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    result = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "run", "--quiet")
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = read_report(tmp_path / "run" / "report.csv")
+    assert len(report) == size and report[0]["row"] == "1"
+    assert report[0]["target_status"] == "closed" and report[0]["note"] == "a, b"
+    assert report[1]["outcome"] == "invalid" and "status" in report[1]["error_message"]
+    fix = read_report(tmp_path / "run" / "report-failures.csv")
+    assert [(line["row"], line["status"]) for line in fix] == [("2", "shut")]
+    # A row of another width is refused naming its line as an editor shows it.
+    path.write_text("\r\n".join([*lines, "x;y;z;w"]) + "\r\n", encoding="utf-8")
+    wide = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "again", "--quiet")
+    assert wide.returncode == 2 and f"line {len(lines) + 1}" in wide.stderr, wide.stderr
