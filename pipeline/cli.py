@@ -142,7 +142,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tr
         help="the sheet of an .xlsx, .xlsm, .xls or .ods workbook to read: its name, or its "
         "number counted from 1 (default: the first sheet)",
     )
-    columns.add_argument("--strict", action="store_true", help="send nothing if any row is invalid")
+    columns.add_argument(
+        "--strict",
+        action="store_true",
+        help="send nothing if any row is invalid: exit 2 naming every invalid row (the report "
+        "and the failures file are written)",
+    )
     sending = parser.add_argument_group("sending")
     sending.add_argument(
         "--rate",
@@ -1256,6 +1261,10 @@ def _print_stop(summary: RunSummary, *, sandbox: bool = False) -> None:
         advice = str(stop)
     elif isinstance(stop, RunStopped):
         advice = f"{stop}; rows not attempted are reported as skipped"
+    elif isinstance(stop, InputError):
+        # Refused before anything was sent (--strict): nothing stopped early.
+        print(f"mateo-bulk: {stop}", file=sys.stderr)
+        return
     else:
         advice = str(stop)
     print(f"mateo-bulk: stopped early: {advice}", file=sys.stderr)

@@ -13,6 +13,7 @@ pandas its caller imported), so a run from a file never loads it; pandas is the 
 
 from __future__ import annotations
 
+import csv
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,7 +141,7 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def report_frame(run_dir: Path) -> pandas.DataFrame:
+def report_frame(run_dir: Path, report_path: Path | None = None) -> pandas.DataFrame:
     """The run's report (the columns of report.csv, in row order) as a pandas DataFrame.
 
     Read from the journal, not parsed back from the report file, so the types are the report's
@@ -160,6 +161,8 @@ def report_frame(run_dir: Path) -> pandas.DataFrame:
     with Journal.open(run_dir) as journal:
         batches = [report_batch(raw) for raw in journal.result_batches()]
     table = pa.Table.from_batches(batches, schema=report_schema())
+    for name, column in _carried_columns(report_path, table.num_rows):
+        table = table.append_column(name, column)
     nullable = {
         pa.int64(): pd.Int64Dtype(),
         pa.int32(): pd.Int32Dtype(),
@@ -170,3 +173,40 @@ def report_frame(run_dir: Path) -> pandas.DataFrame:
         frame["outcome"], categories=[outcome.value for outcome in Outcome]
     )
     return frame
+
+
+def _carried_columns(report_path: Path | None, rows: int) -> list[tuple[str, Any]]:
+    """The input's own columns that the report file carries after the report's (see
+    `report.InputCells`), as strings: they are the input's, not the journal's."""
+    import pyarrow as pa
+
+    from pipeline.report import COLUMNS
+
+    if report_path is None or not report_path.is_file():
+        return []
+    suffix = report_path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(report_path).names[len(COLUMNS) :]
+        table = pq.read_table(report_path, columns=names) if names else None
+    elif suffix == ".csv":
+        import pyarrow.csv as pa_csv
+
+        with report_path.open(newline="", encoding="utf-8") as file:
+            names = next(csv.reader(file))[len(COLUMNS) :]
+        table = None
+        if names:
+            table = pa_csv.read_csv(
+                report_path,
+                convert_options=pa_csv.ConvertOptions(
+                    include_columns=names,
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=False,
+                ),
+            )
+    else:
+        return []
+    if table is None or table.num_rows != rows:
+        return []
+    return [(name, table.column(index).cast(pa.string())) for index, name in enumerate(names)]

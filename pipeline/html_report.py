@@ -893,7 +893,7 @@ def _loopback(base_url: str) -> bool:
 def _files_section(data: _Data) -> str:
     names = {
         "report": "the report: one line per input row",
-        "failures": "failed and rejected rows, as an input file to fix and run again",
+        "failures": "failed, rejected and invalid rows, as an input file to fix and run again",
         "undo": "the undo file",
         "plan": "the plan",
     }

@@ -239,7 +239,7 @@ def run_text(
     if summary.report_path is not None:
         lines.append(f"report: {_where(summary.report_path)}")
     if summary.failures_path is not None:
-        lines.append(f"failed and rejected rows: {_where(summary.failures_path)}")
+        lines.append(f"failed, rejected and invalid rows: {_where(summary.failures_path)}")
     lines.append(f"run directory: {run_dir}")
     again = ("--sandbox",) if sandbox else ()
     if isinstance(summary.stopped, RunStopped):

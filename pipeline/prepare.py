@@ -36,10 +36,16 @@ _TRACKED_CHANGES = 100_000
 _PARTS = "0123456789abcdef"
 
 
-def conflict_message(first_row: int) -> str:
+def conflict_message(rows: tuple[int, ...], row: int) -> str:
+    """Why `row` of a conversation listed in `rows` with different targets is invalid: the
+    other rows named, so that the user finds its twin."""
+    others = [each for each in rows if each != row]
+    shown = ", ".join(map(str, others[:3])) + (
+        f" and {len(others) - 3} more" if len(others) > 3 else ""
+    )
     return (
-        "the conversation is listed more than once with different targets "
-        f"(first in row {first_row}); give each conversation one target"
+        f"the conversation is also listed in row{'s' if len(others) > 1 else ''} {shown} with "
+        "different targets; give each conversation one target"
     )
 
 
@@ -47,8 +53,8 @@ def conflict_message(first_row: int) -> str:
 class Duplicates:
     """Conversations listed more than once."""
 
-    #: conversation id -> first row, for conversations listed with different targets.
-    conflicting: dict[str, int]
+    #: conversation id -> its rows, for conversations listed with different targets.
+    conflicting: dict[str, tuple[int, ...]]
     #: first row -> later rows asking the same: sent once, reported on each row.
     followers_of: dict[int, list[int]]
     follower_rows: frozenset[int]
@@ -325,14 +331,14 @@ def _find_duplicates(spool: RowSpool) -> tuple[Duplicates, int]:
             targets = zip(*(involved.column(name).to_pylist() for name in FIELDS), strict=True)
             change_of.update(zip(rows, targets, strict=True))
 
-    conflicting: dict[str, int] = {}
+    conflicting: dict[str, tuple[int, ...]] = {}
     followers_of: dict[int, list[int]] = {}
     for conversation_id, rows in rows_of.items():
         rows.sort()
         first = rows[0]
         if any(change_of[row] != change_of[first] for row in rows[1:]):
             # Rows of a conflicting conversation are all invalid: none is sent, none follows.
-            conflicting[conversation_id] = first
+            conflicting[conversation_id] = tuple(rows)
         else:
             followers_of[first] = rows[1:]
     follower_rows = frozenset(row for rows in followers_of.values() for row in rows)
@@ -371,15 +377,15 @@ def sort_batch(
         if reason is not None:
             invalid.append(RowResult(row, conversation_id, Outcome.INVALID, error_message=reason))
             continue
-        first = duplicates.conflicting.get(conversation_id)
-        if first is not None:
+        twins = duplicates.conflicting.get(conversation_id)
+        if twins is not None:
             invalid.append(
                 RowResult(
                     row,
                     conversation_id,
                     Outcome.INVALID,
                     change=change(target),
-                    error_message=conflict_message(first),
+                    error_message=conflict_message(twins, row),
                 )
             )
         elif row not in duplicates.follower_rows:
@@ -420,8 +426,12 @@ def dry_run_columns(
         at = pc.indices_nonzero(listed)
         if len(at):
             messages = [
-                conflict_message(duplicates.conflicting[each])
-                for each in pc.take(conversation_id, at).to_pylist()
+                conflict_message(duplicates.conflicting[each], row)
+                for each, row in zip(
+                    pc.take(conversation_id, at).to_pylist(),
+                    pc.take(checked.column("row"), at).to_pylist(),
+                    strict=True,
+                )
             ]
             message = pc.replace_with_mask(reason, listed, arrays.strings(messages))
             invalid = pc.or_(invalid, listed)

@@ -199,7 +199,9 @@ def summary_text(summary: RunSummary) -> str:
         if page.is_file():
             lines.append(f"run report (open in a browser): {page}")
     if summary.failures_path:
-        lines.append(f"failed and rejected rows, to fix and run again: {summary.failures_path}")
+        lines.append(
+            f"failed, rejected and invalid rows, to fix and run again: {summary.failures_path}"
+        )
     if not summary.dry_run and not summary.plan_path:
         lines.append(_undo_line(summary))
     lines.append(f"run directory: {summary.run_dir}")

@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, compress, count, islice, repeat
@@ -176,6 +176,9 @@ class InputFile:
         width: int,
         delimiter: str | None,
         temporary: bool = False,
+        header: Sequence[str] = (),
+        not_cells: Sequence[int] = (),
+        lines_before_header: int = 0,
     ) -> None:
         self.path = path
         #: How messages name the file: the path as given, or "stdin".
@@ -186,6 +189,14 @@ class InputFile:
         self.delimiter = delimiter
         self._indexes = dict(indexes)
         self._width = width
+        #: Every column's name as written, in file order.
+        self.header = tuple(header)
+        #: CSV records before the first row: the header, and Excel's `sep=` line before it.
+        self._before_rows = lines_before_header + 1
+        #: Positions of columns whose values are not single cells (Parquet lists, structs).
+        self._not_cells = frozenset(not_cells)
+        #: What the user should hear about the file's columns before anything is sent.
+        self.warnings = _look_alike_columns(self.header, self._indexes)
         self._temporary = temporary
         self._on_close: list[Callable[[], object]] = []
 
@@ -247,6 +258,67 @@ class InputFile:
             return self._csv_batches(chunk_rows)
         return self._parquet_batches(chunk_rows)
 
+    def passthrough(self) -> list[int]:
+        """The positions of the columns the run does not read (a note, a ticket number): the
+        report carries them along, after its own. (Parquet columns of lists or structs hold
+        no single cell: they are left out.)"""
+        read = set(self._indexes.values()) | self._not_cells
+        return [index for index in range(len(self.header)) if index not in read]
+
+    def field_positions(self) -> dict[str, int]:
+        """field -> position of the column it is read from."""
+        return dict(self._indexes)
+
+    def cells(
+        self,
+        positions: Sequence[int],
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        only: Set[int] | None = None,
+    ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+        """The cells of the columns at `positions`, as written, with their rows' numbers (as
+        `batches()` numbers them), a chunk of rows at a time in row order; of the rows in
+        `only`, when given (a few failed rows of a big file: the others are skipped unread).
+
+        The file passed every check when it was opened; it is read again here, by the csv
+        module, which numbers rows exactly as the first pass did.
+        """
+        if self.format == "parquet":
+            yield from self._parquet_cells([self.header[at] for at in positions], chunk_rows)
+            return
+        done = 0
+        with _csv_reader(self.path, self.name, self.delimiter or ",") as reader:
+            for _ in islice(reader, self._before_rows):  # the header
+                pass
+            while records := list(islice(reader, chunk_rows)):
+                first = done + 1
+                done += len(records)
+                if only is None:
+                    numbers = list(range(first, done + 1))
+                else:
+                    numbers = [number for number in range(first, done + 1) if number in only]
+                    records = [records[number - first] for number in numbers]
+                yield (
+                    arrays.integers(numbers),
+                    [
+                        arrays.strings(
+                            [record[at] if at < len(record) else "" for record in records]
+                        )
+                        for at in positions
+                    ],
+                )
+
+    def _parquet_cells(
+        self, names: Sequence[str], chunk_rows: int
+    ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+        parquet_file, _, _ = _open_parquet(self.path, self.name)
+        done = 0
+        for batch in parquet_file.iter_batches(
+            batch_size=chunk_rows, columns=list(dict.fromkeys(names)), use_threads=False
+        ):
+            numbers = _row_numbers(done + 1, batch.num_rows)
+            done += batch.num_rows
+            yield numbers, [_string_array(batch.column(name)) for name in names]
+
     def _csv_batches(self, chunk_rows: int) -> Iterator[RowBatch]:
         delimiter = self.delimiter or ","
         done = 0  # records read so far, blank ones included: the next row's number - 1
@@ -285,7 +357,7 @@ class InputFile:
                 read_options=pa_csv.ReadOptions(
                     # Its parser keeps ~20x the block in memory: small blocks, rows regrouped.
                     column_names=names,
-                    skip_rows=1,
+                    skip_rows=self._before_rows,
                     block_size=256 * 1024,
                     use_threads=False,
                 ),
@@ -364,7 +436,7 @@ class InputFile:
     def _python_csv_batches(self, chunk_rows: int, delimiter: str, done: int) -> Iterator[RowBatch]:
         """The rows after the first `done`, read by the csv module."""
         with _csv_reader(self.path, self.name, delimiter) as reader:
-            for _ in islice(reader, done + 1):  # the header, checked by open_input, and those
+            for _ in islice(reader, done + self._before_rows):  # the header (checked) and those
                 pass
             while True:
                 records: list[list[str]] = []
@@ -405,7 +477,7 @@ class InputFile:
     def _line_of_row(self, row: int, delimiter: str) -> int:
         """The physical line a data row ends on (read again: only an error needs it)."""
         with _csv_reader(self.path, self.name, delimiter) as reader:
-            for _ in islice(reader, row + 1):  # the header, then `row` records
+            for _ in islice(reader, row + self._before_rows):  # the header, then `row` records
                 pass
             return int(reader.line_num)
 
@@ -641,9 +713,18 @@ def _open_csv(
         header_text = header_line.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _utf8_error(path, name) from None
+    # Excel writes `sep=;` before the header of a CSV meant for another locale: the delimiter.
+    excel_sep = re.fullmatch(r"sep=(.)", header_text.strip())
+    lines_before_header = 0
+    if excel_sep:
+        lines_before_header = 1
+        if delimiter is None:
+            delimiter = _check_delimiter(excel_sep.group(1))
     if delimiter is None:
         delimiter = _detect_delimiter(header_text)
     with _csv_reader(path, name, delimiter) as reader:
+        for _ in islice(reader, lines_before_header):
+            pass
         header: list[str] = next(reader, [])
         if not header:
             raise InputError(
@@ -662,6 +743,8 @@ def _open_csv(
         width=len(header),
         delimiter=delimiter,
         temporary=temporary,
+        header=header,
+        lines_before_header=lines_before_header,
     )
 
 
@@ -905,6 +988,8 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
         indexes=indexes,
         width=len(schema.names),
         delimiter=None,
+        header=schema.names,
+        not_cells=[index for index, column in enumerate(schema) if pa.types.is_nested(column.type)],
     )
 
 
@@ -1016,6 +1101,43 @@ def _resolve_columns(
             )
         readers[index] = field
     return indexes
+
+
+#: Names users give target columns that are not the names mateo-bulk reads.
+_TARGET_SYNONYMS = {
+    "inbox": "inbox_id",
+    "agent": "assignee_id",
+    "agent_id": "assignee_id",
+    "assignee": "assignee_id",
+    "assigned_to": "assignee_id",
+    "owner": "assignee_id",
+    "owner_id": "assignee_id",
+    "state": "status",
+}
+
+
+def _look_alike_columns(header: Sequence[str], indexes: Mapping[str, int]) -> list[str]:
+    """A warning for each column the run does not read whose name looks like a field it would
+    read (`inbox` for `inbox_id`, `stauts`): its values would be ignored without a word."""
+    import difflib
+
+    read = set(indexes.values())
+    unread_fields = [field for field in MAPPABLE_FIELDS if field not in indexes]
+    warnings = []
+    for position, column in enumerate(header):
+        if position in read:
+            continue
+        name = _normalise_name(column).replace(" ", "_").replace("-", "_")
+        meant = _TARGET_SYNONYMS.get(name) or next(
+            iter(difflib.get_close_matches(name, unread_fields, n=1, cutoff=0.75)), None
+        )
+        if meant is None or meant in indexes:
+            continue
+        warnings.append(
+            f"column {column!r} is not read: its values are ignored. If it holds {meant} "
+            f"values, rename it {meant} or pass --map {meant}={column}"
+        )
+    return warnings
 
 
 def _list_columns(header: Sequence[str], limit: int = 12) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +18,8 @@ from pipeline.models import FIELDS, MAYBE_APPLIED, Outcome, RowResult, same_valu
 
 if TYPE_CHECKING:
     import pyarrow
+
+    from pipeline.reader import InputFile
 
 #: Report columns, a contract other tools read; add new ones at the end.
 COLUMNS: tuple[str, ...] = (
@@ -196,9 +199,11 @@ class _CsvWriter:
     `,`, \\r\\n, a cell quoted only when it holds `,` `"` \\r or \\n, `"` doubled, None empty;
     the lines are built by Arrow's string kernels and written as one buffer per batch."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: pyarrow.Schema) -> None:
+        header = io.StringIO()
+        csv.writer(header).writerow(schema.names)  # the user's column names may need quotes
         self._file = path.open("wb")
-        self._file.write((",".join(COLUMNS) + "\r\n").encode())
+        self._file.write(header.getvalue().encode())
 
     def write(self, batch: pyarrow.RecordBatch) -> None:
         if batch.num_rows:
@@ -262,7 +267,7 @@ def _may_need_quotes(column: pyarrow.Array) -> bool:
 
 
 class _JsonLinesWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: pyarrow.Schema) -> None:
         self._file = path.open("w", encoding="utf-8")
 
     def write(self, batch: pyarrow.RecordBatch) -> None:
@@ -273,13 +278,13 @@ class _JsonLinesWriter:
 
 
 class _ParquetWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: pyarrow.Schema) -> None:
         import pyarrow.parquet as pq
 
         # Dictionary pages only for the columns that repeat a few values: for row numbers and
         # conversation ids they cost a third of the writing time and save nothing.
         repeating = [name for name in COLUMNS if name not in ("row", "conversation_id")]
-        self._writer = pq.ParquetWriter(path, report_schema(), use_dictionary=repeating)
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=repeating)
 
     def write(self, batch: pyarrow.RecordBatch) -> None:
         if batch.num_rows:
@@ -298,12 +303,12 @@ def check_report_path(path: Path) -> None:
         raise InputError(f"--report {str(path)!r} is a directory; give a file name")
 
 
-def _open_writer(path: Path, suffix: str) -> _Writer:
+def _open_writer(path: Path, suffix: str, schema: pyarrow.Schema) -> _Writer:
     if suffix == ".parquet":
-        return _ParquetWriter(path)
+        return _ParquetWriter(path, schema)
     if suffix == ".jsonl":
-        return _JsonLinesWriter(path)
-    return _CsvWriter(path)
+        return _JsonLinesWriter(path, schema)
+    return _CsvWriter(path, schema)
 
 
 def write_report(results: Iterable[RowResult], path: Path) -> int:
@@ -314,10 +319,12 @@ def write_report(results: Iterable[RowResult], path: Path) -> int:
     return write_report_batches(raw_batches(results), path)
 
 
-def write_report_batches(batches: Iterable[pyarrow.RecordBatch], path: Path) -> int:
+def write_report_batches(
+    batches: Iterable[pyarrow.RecordBatch], path: Path, carried: InputCells | None = None
+) -> int:
     """`write_report` for results given as record batches of the journal's results columns
-    (`Journal.result_batches`), in row order."""
-    with ReportWriter(path) as report:
+    (`Journal.result_batches`), in row order; with the input's own columns `carried`."""
+    with ReportWriter(path, carried) as report:
         for raw in batches:
             report.write(report_batch(raw))
     return report.rows
@@ -326,17 +333,26 @@ def write_report_batches(batches: Iterable[pyarrow.RecordBatch], path: Path) -> 
 class ReportWriter:
     """A report written a batch of report columns (`report_schema`) at a time, in row order;
     it appears under its name only once complete (at the end of the `with` block), and not at
-    all if the block raises."""
+    all if the block raises. With `carried`, each line carries the input's own columns too
+    (after the report's)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, carried: InputCells | None = None) -> None:
+        import pyarrow as pa
+
         check_report_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.rows = 0
+        self._carried = carried
         self._partial = path.with_name(path.name + ".partial")
-        self._writer = _open_writer(self._partial, path.suffix.lower())
+        schema = report_schema()
+        if carried is not None:
+            schema = pa.schema([*schema, *(pa.field(name, pa.string()) for name in carried.labels)])
+        self._writer = _open_writer(self._partial, path.suffix.lower(), schema)
 
     def write(self, batch: pyarrow.RecordBatch) -> None:
+        if self._carried is not None:
+            batch = self._carried.append_to(batch)
         self._writer.write(batch)
         self.rows += batch.num_rows
 
@@ -349,6 +365,101 @@ class ReportWriter:
             os.replace(self._partial, self.path)
         else:
             self._partial.unlink(missing_ok=True)
+
+
+class InputCells:
+    """Cells of the input file's columns at `positions`, looked up by row number: how a report
+    carries the user's own columns (a note, a ticket number) and the fix-and-rerun file the
+    cells as written.
+
+    The file is read alongside the report, both in row order, so only the rows between the
+    report's current batch and the input's current chunk are held; a batch of lower rows than
+    the last (not the case in any report written today) reads the file again from the start.
+    """
+
+    def __init__(
+        self,
+        input_file: InputFile,
+        positions: Iterable[int],
+        taken: Iterable[str] = COLUMNS,
+        only: Set[int] | None = None,
+    ) -> None:
+
+        self._input_file = input_file
+        self.positions = list(positions)
+        self._only = only
+        #: The columns' names in the report: as in the input, unless the report has a column
+        #: of that name (then `input_` goes before it), or an earlier column took it.
+        self.labels: list[str] = []
+        used = set(taken)
+        for position in self.positions:
+            label = input_file.header[position]
+            if label in used:
+                label = f"input_{label}"
+            while label in used:
+                label += "_"
+            used.add(label)
+            self.labels.append(label)
+        self._source: Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]] | None = None
+        self._rows: pyarrow.Array = arrays.integers([])
+        self._cells: list[pyarrow.Array] = [arrays.strings([]) for _ in self.positions]
+        self._held_from = 0  # rows below it were let go
+        self._ended = False
+
+    @classmethod
+    def carried(cls, input_file: InputFile) -> InputCells | None:
+        """The user's columns that the run does not read, or None when there are none."""
+        positions = input_file.passthrough()
+        return cls(input_file, positions) if positions else None
+
+    def take(self, rows: pyarrow.Array) -> list[pyarrow.Array]:
+        """One array per column: the cells of `rows` (ascending row numbers); null for a row
+        the input does not have."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(rows):
+            return [arrays.strings([]) for _ in self.positions]
+        low, high = pc.min(rows).as_py(), pc.max(rows).as_py()
+        if self._source is None or low < self._held_from:
+            self._source = self._input_file.cells(self.positions, only=self._only)
+            self._rows = arrays.integers([])
+            self._cells = [arrays.strings([]) for _ in self.positions]
+            self._held_from, self._ended = 0, False
+        held = [self._rows] if len(self._rows) else []
+        cells = [[column] for column in self._cells]
+        last = self._rows[-1].as_py() if len(self._rows) else 0
+        while last < high and not self._ended:
+            chunk = next(self._source, None)
+            if chunk is None:
+                self._ended = True
+                break
+            numbers, columns = chunk
+            if not len(numbers) or numbers[-1].as_py() < low:
+                continue  # rows before the batch: not needed
+            held.append(numbers)
+            for kept, column in zip(cells, columns, strict=True):
+                kept.append(column)
+            last = numbers[-1].as_py()
+        if held:
+            self._rows = pa.concat_arrays(held)
+            self._cells = [pa.concat_arrays(kept) for kept in cells]
+        # Let go of the rows below this batch: the next batch starts after it.
+        keep = pc.greater_equal(self._rows, arrays.integer(low))
+        self._rows = pc.filter(self._rows, keep)
+        self._cells = [pc.filter(column, keep) for column in self._cells]
+        self._held_from = low
+        where = pc.index_in(rows, value_set=self._rows)
+        return [pc.take(column, where) for column in self._cells]
+
+    def append_to(self, batch: pyarrow.RecordBatch) -> pyarrow.RecordBatch:
+        """`batch` with the columns appended, matched on its `row` column."""
+        import pyarrow as pa
+
+        taken = self.take(batch.column("row"))
+        return pa.RecordBatch.from_arrays(
+            [*batch.columns, *taken], names=[*batch.schema.names, *self.labels]
+        )
 
 
 def unsent_batch(columns: Mapping[str, pyarrow.Array]) -> pyarrow.RecordBatch:
@@ -371,7 +482,8 @@ def unsent_batch(columns: Mapping[str, pyarrow.Array]) -> pyarrow.RecordBatch:
     )
 
 
-#: Columns of the failures file: a valid input for another run, with why each row failed.
+#: Columns of the failures file: a valid input for another run, with why each row failed;
+#: the input's own columns follow them (as `InputCells` names them).
 FAILURE_COLUMNS: tuple[str, ...] = (
     "conversation_id",
     *FIELDS,
@@ -381,24 +493,48 @@ FAILURE_COLUMNS: tuple[str, ...] = (
     "error_code",
     "error_message",
 )
+#: The rows a fix-and-rerun file holds.
+FAILING_OUTCOMES = (Outcome.FAILED, Outcome.REJECTED, Outcome.INVALID)
 
 
-def write_failures(results: Iterable[RowResult], path: Path) -> int:
-    """The failed and rejected rows as an input file (CSV or Parquet by suffix): fix, run again."""
+def write_failures(
+    results: Iterable[RowResult], path: Path, input_file: InputFile, rows: Set[int]
+) -> int:
+    """The failed, rejected and invalid rows (`results`, in row order; their numbers `rows`)
+    as an input file (CSV or Parquet by suffix), their cells as the input has them, and why
+    each failed: fix them, run the file again. Only their cells are read from the input."""
+    read_from = input_file.field_positions()
+    fields = [field for field in ("conversation_id", *FIELDS) if field in read_from]
+    cells = InputCells(
+        input_file,
+        [read_from[field] for field in fields] + input_file.passthrough(),
+        taken=FAILURE_COLUMNS,
+        only=rows,
+    )
+    carried = cells.labels[len(fields) :]
 
-    def record(result: RowResult) -> dict[str, Any]:
-        target = result.change.body()
-        return {
-            "conversation_id": result.conversation_id,
-            **{name: cell(target, name) or "" for name in FIELDS},
-            "row": str(result.row),
-            "outcome": result.outcome.value,
-            "http_status": "" if result.http_status is None else str(result.http_status),
-            "error_code": result.error_code or "",
-            "error_message": result.error_message or "",
-        }
+    def records(chunk: list[RowResult]) -> Iterator[dict[str, Any]]:
+        written = cells.take(arrays.integers([result.row for result in chunk]))
+        columns = [column.to_pylist() for column in written]
+        for at, result in enumerate(chunk):
+            record = dict.fromkeys(FAILURE_COLUMNS, "")
+            for field, column in zip(fields, columns, strict=False):
+                record[field] = column[at] or ""
+            record.update(
+                row=str(result.row),
+                outcome=result.outcome.value,
+                http_status="" if result.http_status is None else str(result.http_status),
+                error_code=result.error_code or "",
+                error_message=result.error_message or "",
+            )
+            for label, column in zip(carried, columns[len(fields) :], strict=True):
+                record[label] = column[at] or ""
+            yield record
 
-    return _write_rows((record(result) for result in results), FAILURE_COLUMNS, path)
+    remaining = iter(results)
+    chunks = iter(lambda: list(itertools.islice(remaining, _BATCH_ROWS)), [])
+    lines = itertools.chain.from_iterable(records(chunk) for chunk in chunks)
+    return _write_rows(lines, (*FAILURE_COLUMNS, *carried), path)
 
 
 #: What `plan` decided for each row, by outcome of the snapshot.

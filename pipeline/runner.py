@@ -50,6 +50,8 @@ from pipeline.prepare import Validation, dry_run_columns, sort_batch, validate_f
 from pipeline.quota import Budget, QuotaLedger
 from pipeline.reader import InputFile, open_input
 from pipeline.report import (
+    FAILING_OUTCOMES,
+    InputCells,
     ReportWriter,
     check_report_path,
     plan_to_input,
@@ -130,7 +132,7 @@ class RunSummary:
     def report_frame(self) -> pandas.DataFrame:
         """The report as a pandas DataFrame, with the report's types (see
         `pipeline.frames.report_frame`). Needs pandas: `pip install 'mateo-bulk[frames]'`."""
-        return report_frame(self.run_dir)
+        return report_frame(self.run_dir, self.report_path)
 
     @property
     def exit_code(self) -> int:
@@ -321,8 +323,12 @@ async def run_async(
                 validate_file, input_file, settings.fixed_values
             )
             problem = validation.problem()
+            refusal = None
             if settings.strict and problem:
-                raise InputError(f"{problem}; nothing was sent (--strict)")
+                # Nothing is sent; the rows are reported as a dry run reports them, so that the
+                # report and the fix-and-rerun file hold every invalid row and why.
+                refusal = f"{problem}; nothing was sent (--strict)"
+                settings = dataclasses.replace(settings, dry_run=True)
             # Only a new run is held to the counts: a resume goes on with one already accepted.
             settings.check_row_counts(validation.total_rows, validation.conversations)
             fingerprint = await anyio.to_thread.run_sync(input_file.fingerprint)
@@ -343,7 +349,7 @@ async def run_async(
                 "started_at": _now(),
             }
             with Journal.create(run_dir, meta) as journal:
-                return await _execute(
+                summary = await _execute(
                     settings,
                     journal,
                     input_file,
@@ -352,6 +358,10 @@ async def run_async(
                     on_progress=on_progress,
                     transport=transport,
                 )
+                if refusal is not None:
+                    listed = _invalid_rows(journal, summary, input_file.describe_row)
+                    summary = dataclasses.replace(summary, stopped=InputError(refusal + listed))
+                return summary
     except InputError:
         if made_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -434,6 +444,29 @@ def _relative_to(path: Path, directory: Path) -> str | None:
         return str(path.resolve().relative_to(directory.resolve()))
     except ValueError:
         return None
+
+
+#: Invalid rows a --strict refusal names; the report and the fix-and-rerun file hold them all.
+_INVALID_ROWS_LISTED = 100
+
+
+def _invalid_rows(
+    journal: Journal, summary: RunSummary, describe_row: Callable[[int], str]
+) -> str:
+    """The invalid rows, a line each, for the message of a --strict refusal."""
+    lines: list[str] = []
+    for result in journal.results([Outcome.INVALID]):
+        if len(lines) == _INVALID_ROWS_LISTED:
+            left = summary.counts.get(Outcome.INVALID, 0) - len(lines)
+            lines.append(f"  … and {left:,} more")
+            break
+        lines.append(f"  {describe_row(result.row)}: {result.error_message}")
+    where = summary.failures_path or summary.report_path
+    return (
+        ":\n"
+        + "\n".join(lines)
+        + (f"\n  (all of them, with their cells: {where})" if where else "")
+    )
 
 
 def _now() -> str:
@@ -547,6 +580,8 @@ async def _execute(
     control = session.control
     if learned:
         control.notice(learned)
+    for warning in input_file.warnings:
+        control.notice(warning)
     # resume_async marks the journal resumed before it gets here; a new run's never is.
     session.record_event("resume" if journal.meta().get("resumed_at") else "start")
     try:
@@ -588,7 +623,8 @@ async def _execute(
     if not control.aborted:
         report_path = _report_path(settings)
         if session.report_written != report_path:
-            write_report_batches(journal.result_batches(), report_path)
+            carried = InputCells.carried(input_file)
+            write_report_batches(journal.result_batches(), report_path, carried)
     plan_path = undo_path = None
     transitions: dict[str, int] = {}
     apply_requests = 0
@@ -602,13 +638,10 @@ async def _execute(
         undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
         if not write_undo(undoable, undo_path):
             undo_path = None
-    if (
-        report_path
-        and not settings.dry_run
-        and any(True for _ in journal.results([Outcome.FAILED, Outcome.REJECTED]))
-    ):
+    failing = {result.row for result in journal.results(FAILING_OUTCOMES)} if report_path else set()
+    if report_path and failing:
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
-        write_failures(journal.results([Outcome.FAILED, Outcome.REJECTED]), failures_path)
+        write_failures(journal.results(FAILING_OUTCOMES), failures_path, input_file, failing)
     if report_path:
         try:
             write_html_report(
@@ -914,7 +947,7 @@ async def _dry_run(session: _Run) -> None:
         return {entry["values"]: entry["counts"] for entry in tally}
 
     try:
-        with ReportWriter(report_path) as report:
+        with ReportWriter(report_path, InputCells.carried(session.input_file)) as report:
             await _record_dry_run(session, partial(record_next, report), counts)
             # The report is complete once the journal holds every row it shows.
             await anyio.to_thread.run_sync(writer.close)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import re
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -132,16 +132,20 @@ class SpreadsheetInput(InputFile):
         return f"{self.sheet}, row {row}"
 
     def cells(
-        self, positions: Sequence[int], chunk_rows: int = DEFAULT_CHUNK_ROWS
+        self,
+        positions: Sequence[int],
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        only: Set[int] | None = None,
     ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
         """The cells of the columns at `positions` as the sheet shows them (a number as
-        12345, a date in ISO 8601), numbered as `batches()` numbers the rows."""
+        12345, a date in ISO 8601), numbered as `batches()` numbers the rows; of the rows in
+        `only`, when given."""
         with _workbook(self.path, self.name) as workbook:
             sheet = _sheet(workbook, self.sheet, self.name)
             numbers: list[int] = []
             texts: list[list[str]] = [[] for _ in positions]
             for number, cells in _rows(sheet, self.name):
-                if number <= self.header_row:
+                if number <= self.header_row or (only is not None and number not in only):
                     continue
                 numbers.append(number)
                 for column, at in zip(texts, positions, strict=True):

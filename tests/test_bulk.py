@@ -117,14 +117,14 @@ def reference_dry_run(path: Path) -> list[dict[str, str]]:
     listed with different targets (every row of them invalid), then each row as a report line."""
     with open_input(path) as input_file:
         checked = [validate_row(row, {}) for chunk in input_file.chunks() for row in chunk]
-    first: dict[str, tuple[int, Change]] = {}
-    conflicting: dict[str, int] = {}
+    rows_of: dict[str, list[int]] = {}
+    changes_of: dict[str, set[Change]] = {}
     for each in checked:
         if isinstance(each, InvalidRow):
             continue
-        seen = first.setdefault(each.conversation_id, (each.row, each.change))
-        if seen[1] != each.change:
-            conflicting.setdefault(each.conversation_id, seen[0])
+        rows_of.setdefault(each.conversation_id, []).append(each.row)
+        changes_of.setdefault(each.conversation_id, set()).add(each.change)
+    conflicting = {key: rows for key, rows in rows_of.items() if len(changes_of[key]) > 1}
     lines = []
     for each in checked:
         if isinstance(each, InvalidRow):
@@ -137,15 +137,26 @@ def reference_dry_run(path: Path) -> list[dict[str, str]]:
                 each.conversation_id,
                 Outcome.INVALID,
                 change=each.change,
-                error_message="the conversation is listed more than once with different "
-                f"targets (first in row {conflicting[each.conversation_id]}); give each "
-                "conversation one target",
+                error_message=twins_message(conflicting[each.conversation_id], each.row),
             )
         else:
             result = RowResult(each.row, each.conversation_id, Outcome.PLANNED, change=each.change)
         record = result_record(result)
         lines.append({name: "" if value is None else str(value) for name, value in record.items()})
     return lines
+
+
+def twins_message(rows: list[int], row: int) -> str:
+    """Why a row of a conversation listed with different targets is invalid: the other rows."""
+    others = [each for each in rows if each != row]
+    shown = ", ".join(map(str, others[:3]))
+    if len(others) > 3:
+        shown += f" and {len(others) - 3} more"
+    plural = "s" if len(others) > 1 else ""
+    return (
+        f"the conversation is also listed in row{plural} {shown} with different targets; "
+        "give each conversation one target"
+    )
 
 
 def messy_rows() -> list[dict[str, str]]:

@@ -128,7 +128,6 @@ def test_the_token_appears_in_no_output_and_no_file(api: Sandbox, tmp_path: Path
         (["--base-url", "http://example.com/api/v1", "{input}"], "http"),
         (["--base-url", "nonsense", "{input}"], "base-url"),
         (["--map", "conversation_id=Nope", "{input}"], "Nope"),
-        (["--strict", "{invalid}"], "invalid"),
         (["--frobnicate", "{input}"], "frobnicate"),
         (["{binary}"], "binary"),
         (["{empty}"], "empty"),

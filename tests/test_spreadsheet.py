@@ -266,7 +266,11 @@ def test_cells_are_judged_by_their_type_and_rows_named_as_the_sheet_shows_them(
     assert by_row[9]["target_status"] == "archived"
 
     strict = dry_run(path, tmp_path / "strict", "--strict")
-    assert_one_clear_line(strict, "(first: Sheet1, row 4: conversation_id is 1234567: a number")
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr, strict.stderr
+    assert "(first: Sheet1, row 4: conversation_id is 1234567: a number" in strict.stderr
+    # --strict names every invalid row, as the sheet numbers it.
+    assert "  Sheet1, row 4: conversation_id is 1234567" in strict.stderr
+    assert "  Sheet1, row 11: the row is hidden" in strict.stderr
 
 
 def test_an_ods_cell_is_judged_by_its_type_too(tmp_path: Path) -> None:
