@@ -297,6 +297,8 @@ def test_a_dry_run_stops_when_its_input_is_rewritten_meanwhile(tmp_path: Path) -
     assert sum(summary.counts.values()) == DEFAULT_CHUNK_ROWS
 
 
+# No deadline: a million-number range takes a while on a machine busy with the parallel suite.
+@settings(deadline=None)
 @given(st.integers(-(10**6), 10**6), st.integers(-(10**6), 10**6), st.integers(-7, 7))
 def test_an_array_made_from_a_range_holds_its_numbers(start: int, stop: int, step: int) -> None:
     """Row numbers come as ranges, which `arrays.integers` makes by Arrow's arithmetic rather

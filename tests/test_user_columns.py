@@ -190,3 +190,24 @@ def test_excels_sep_line_names_the_delimiter(tmp_path: Path, size: int) -> None:
     path.write_text("\r\n".join([*lines, "x;y;z;w"]) + "\r\n", encoding="utf-8")
     wide = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "again", "--quiet")
     assert wide.returncode == 2 and f"line {len(lines) + 1}" in wide.stderr, wide.stderr
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_the_fix_file_of_a_file_without_other_columns_holds_cells_as_written(
+    tmp_path: Path, quoted: bool
+) -> None:
+    """Without columns of its own the cells come from the first pass's reader (pyarrow's for a
+    plain file, the csv module's for one with quotes): the same cells, as written."""
+    good = "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c"
+    rows = [(good, "closed"), ("  NOT-A-UUID ", "open"), (good.upper(), "Closedd")]
+    quote = '"' if quoted else ""
+    lines = ["conversation_id,status", *(f"{quote}{a}{quote},{b}" for a, b in rows)]
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_cli("run", path, "--dry-run", "--run-dir", tmp_path / "run", "--quiet")
+    assert result.returncode == 1, result.stdout + result.stderr
+    fix = read_report(tmp_path / "run" / "report-failures.csv")
+    assert [(line["row"], line["conversation_id"], line["status"]) for line in fix] == [
+        ("2", "  NOT-A-UUID ", "open"),
+        ("3", good.upper(), "Closedd"),
+    ]
