@@ -334,6 +334,12 @@ class Journal:
         ).fetchone()
         return int(count), example
 
+    def rows_with(self, outcomes: Iterable[Outcome]) -> set[int]:
+        """The row numbers of the results with these outcomes (no record made per row)."""
+        values = tuple(outcome.value for outcome in outcomes)
+        query = f"SELECT row FROM results WHERE outcome IN ({','.join('?' * len(values))})"
+        return {row for (row,) in self._connection.execute(query, values)}
+
     def fields_the_api_set(self) -> frozenset[str]:
         """Fields that confirmed updates show changed though the run did not ask (a proxy
         filling a default): the API's doing, as the difference column records it."""

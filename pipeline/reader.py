@@ -283,7 +283,11 @@ class InputFile:
         module, which numbers rows exactly as the first pass did.
         """
         if self.format == "parquet":
-            yield from self._parquet_cells([self.header[at] for at in positions], chunk_rows)
+            names = [self.header[at] for at in positions]
+            if only is None:
+                yield from self._parquet_cells(names, chunk_rows)
+            else:
+                yield self._parquet_rows(names, chunk_rows, only)
             return
         field_at = {index: field for field, index in self._indexes.items()}
         if all(at in field_at for at in positions):
@@ -316,24 +320,13 @@ class InputFile:
     def _field_cells(
         self, fields: Sequence[str], chunk_rows: int, only: Set[int] | None
     ) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
-        import pyarrow.compute as pc
+        def read() -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+            for batch in self.batches(chunk_rows):
+                columns = (batch.conversation_id, *batch.cells, *batch.expected)
+                by_field = dict(zip(MAPPABLE_FIELDS, columns, strict=True))
+                yield batch.rows, [by_field[field] for field in fields]
 
-        wanted = None if only is None else arrays.integers(sorted(only))
-        for batch in self.batches(chunk_rows):
-            by_field = dict(
-                zip(
-                    MAPPABLE_FIELDS,
-                    (batch.conversation_id, *batch.cells, *batch.expected),
-                    strict=True,
-                )
-            )
-            columns = [by_field[field] for field in fields]
-            numbers = batch.rows
-            if wanted is not None:
-                keep = pc.is_in(numbers, value_set=wanted)
-                numbers = pc.filter(numbers, keep)
-                columns = [pc.filter(column, keep) for column in columns]
-            yield numbers, columns
+        yield from _only(read(), only)
 
     def _parquet_cells(
         self, names: Sequence[str], chunk_rows: int
@@ -346,6 +339,23 @@ class InputFile:
             numbers = _row_numbers(done + 1, batch.num_rows)
             done += batch.num_rows
             yield numbers, [_string_array(batch.column(name)) for name in names]
+
+    def _parquet_rows(
+        self, names: Sequence[str], chunk_rows: int, only: Set[int]
+    ) -> tuple[pyarrow.Array, list[pyarrow.Array]]:
+        """The cells of the rows `only` (a few), read a column at a time: a row group is decoded
+        whole, and a million-row one of several columns would add its size to the peak."""
+        import pyarrow as pa
+
+        found: list[pyarrow.Array] = []
+        numbers = None
+        for name in names:
+            chunks = _only(self._parquet_cells([name], chunk_rows), only)
+            rows, cells = zip(*((kept, columns[0]) for kept, columns in chunks), strict=True)
+            numbers = pa.concat_arrays(list(rows))
+            found.append(pa.concat_arrays(list(cells)))
+        assert numbers is not None
+        return numbers, found
 
     def _csv_batches(self, chunk_rows: int) -> Iterator[RowBatch]:
         delimiter = self.delimiter or ","
@@ -580,6 +590,27 @@ class InputFile:
                 tuple(by_field.get(field) for field in FIELDS),
                 tuple(by_field.get(field) for field in EXPECT_FIELDS),
             )
+
+
+def _only(
+    chunks: Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]], only: Set[int] | None
+) -> Iterator[tuple[pyarrow.Array, list[pyarrow.Array]]]:
+    """The chunks' rows whose numbers are in `only` (all of them when it is None): a few rows
+    of a big file are all that is kept, not every chunk up to the last of them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if only is None:
+        yield from chunks
+        return
+    wanted = arrays.integers(sorted(only))
+    pa.default_memory_pool().release_unused()
+    for numbers, columns in chunks:
+        keep = pc.is_in(numbers, value_set=wanted)
+        yield pc.filter(numbers, keep), [pc.filter(column, keep) for column in columns]
+        # What the chunk held goes back to the system now, not at the end of the read: it
+        # comes on top of a finished run's memory (see prepare._release_memory).
+        pa.default_memory_pool().release_unused()
 
 
 class _Bounded(io.RawIOBase):

@@ -638,7 +638,7 @@ async def _execute(
         undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
         if not write_undo(undoable, undo_path):
             undo_path = None
-    failing = {result.row for result in journal.results(FAILING_OUTCOMES)} if report_path else set()
+    failing = journal.rows_with(FAILING_OUTCOMES) if report_path else set()
     if report_path and failing:
         failures_path = report_path.with_name(f"{report_path.stem}-failures{suffix}")
         write_failures(journal.results(FAILING_OUTCOMES), failures_path, input_file, failing)

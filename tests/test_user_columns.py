@@ -211,3 +211,17 @@ def test_the_fix_file_of_a_file_without_other_columns_holds_cells_as_written(
         ("2", "  NOT-A-UUID ", "open"),
         ("3", good.upper(), "Closedd"),
     ]
+
+
+def test_a_parquet_fix_file_holds_the_invalid_rows_cells(tmp_path: Path) -> None:
+    """A Parquet input's failing rows are read a column at a time, the others skipped."""
+    good = "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c"
+    rows = [{"conversation_id": good, "status": "closed"}] * 30_000
+    rows = [*rows, {"conversation_id": " x-1 ", "status": "Shut"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    result = run_cli("run", tmp_path / "in.parquet", "--dry-run", "--run-dir", tmp_path / "run")
+    assert result.returncode == 1, result.stdout + result.stderr
+    fix = pq.read_table(tmp_path / "run" / "report-failures.parquet").to_pylist()
+    assert [(line["row"], line["conversation_id"], line["status"]) for line in fix] == [
+        ("30001", " x-1 ", "Shut")
+    ]
