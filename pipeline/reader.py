@@ -171,12 +171,10 @@ class InputFile:
         *,
         name: str,
         format: Literal["csv", "parquet", "spreadsheet"],
-        columns: Mapping[str, str],
+        header: Sequence[str],
         indexes: Mapping[str, int],
-        width: int,
         delimiter: str | None,
         temporary: bool = False,
-        header: Sequence[str] = (),
         not_cells: Sequence[int] = (),
         lines_before_header: int = 0,
     ) -> None:
@@ -184,13 +182,13 @@ class InputFile:
         #: How messages name the file: the path as given, or "stdin".
         self.name = name
         self.format = format
-        #: Resolved field -> column name as written in the file.
-        self.columns: Mapping[str, str] = dict(columns)
-        self.delimiter = delimiter
-        self._indexes = dict(indexes)
-        self._width = width
         #: Every column's name as written, in file order.
         self.header = tuple(header)
+        #: Resolved field -> column name as written in the file.
+        self.columns: Mapping[str, str] = {field: header[at] for field, at in indexes.items()}
+        self.delimiter = delimiter
+        self._indexes = dict(indexes)
+        self._width = len(header)
         #: CSV records before the first row: the header, and Excel's `sep=` line before it.
         self._before_rows = lines_before_header + 1
         #: Positions of columns whose values are not single cells (Parquet lists, structs).
@@ -797,12 +795,10 @@ def _open_csv(
         path,
         name=name,
         format="csv",
-        columns={field: header[index] for field, index in indexes.items()},
+        header=header,
         indexes=indexes,
-        width=len(header),
         delimiter=delimiter,
         temporary=temporary,
-        header=header,
         lines_before_header=lines_before_header,
     )
 
@@ -1043,11 +1039,9 @@ def _open_parquet_input(path: Path, name: str, column_map: Mapping[str, str]) ->
         path,
         name=name,
         format="parquet",
-        columns={field: schema.names[index] for field, index in indexes.items()},
-        indexes=indexes,
-        width=len(schema.names),
-        delimiter=None,
         header=schema.names,
+        indexes=indexes,
+        delimiter=None,
         not_cells=[index for index, column in enumerate(schema) if pa.types.is_nested(column.type)],
     )
 

@@ -875,14 +875,7 @@ async def _produce(
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        if session.input_file.version() != version:
-            # Its rows would not be the ones validated (and journaled by number): stop.
-            session.control.stop(
-                RunStopped(
-                    f"{settings.input} was changed during the run; its rows are no longer the "
-                    "ones validated. Restore the file and resume, or start a new run"
-                )
-            )
+        if _stopped_for_a_changed_input(session, version):
             return None
         rows = chunk.column("row")
         first, last = rows[0].as_py(), rows[-1].as_py()
@@ -913,6 +906,20 @@ async def _produce(
                 await send_rows.send(to_send)
 
 
+def _stopped_for_a_changed_input(session: _Run, version: tuple[int, int, int]) -> bool:
+    """Stop the run if its input was rewritten since it was validated: its rows would no
+    longer be the ones validated (and journaled by number)."""
+    if session.input_file.version() == version:
+        return False
+    session.control.stop(
+        RunStopped(
+            f"{session.settings.input} was changed during the run; its rows are no longer the "
+            "ones validated. Restore the file and resume, or start a new run"
+        )
+    )
+    return True
+
+
 async def _dry_run(session: _Run) -> None:
     """A dry run sends nothing, so each row is `planned` or `invalid` as the first pass found:
     the spooled batches go to the journal in columns, a transaction per batch (no record
@@ -932,13 +939,7 @@ async def _dry_run(session: _Run) -> None:
             return None
         # The spool holds the rows as validated, but a report of them would describe a file
         # that is no longer there: the user is told, as a real run tells them.
-        if session.input_file.version() != version:
-            session.control.stop(
-                RunStopped(
-                    f"{settings.input} was changed during the run; its rows are no longer the "
-                    "ones validated. Restore the file and resume, or start a new run"
-                )
-            )
+        if _stopped_for_a_changed_input(session, version):
             return None
         columns = dry_run_columns(checked, validation.duplicates)
         writer.record(columns)

@@ -113,11 +113,9 @@ class SpreadsheetInput(InputFile):
             path,
             name=name,
             format="spreadsheet",
-            columns={field: header[index] for field, index in indexes.items()},
-            indexes=indexes,
-            width=len(header),
-            delimiter=None,
             header=header,
+            indexes=indexes,
+            delimiter=None,
         )
         #: The sheet's name as the workbook spells it.
         self.sheet = sheet
