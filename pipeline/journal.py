@@ -221,7 +221,7 @@ class Journal:
         with self._transaction():
             self._connection.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_to_record(result) for result in results],
+                [stored_values(result) for result in results],
             )
 
     def record_columns(self, columns: Mapping[str, pyarrow.Array]) -> None:
@@ -714,7 +714,8 @@ class _Transaction:
         self._connection.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _to_record(result: RowResult) -> tuple[Any, ...]:
+def stored_values(result: RowResult) -> tuple[Any, ...]:
+    """A result as the journal stores it: RESULT_COLUMNS, the mappings as JSON text."""
     return (
         result.row,
         result.conversation_id,

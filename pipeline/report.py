@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import arrays
 from pipeline.errors import InputError
+from pipeline.journal import RESULT_COLUMNS, stored_values
 from pipeline.models import FIELDS, MAYBE_APPLIED, Outcome, RowResult, same_value
 
 if TYPE_CHECKING:
@@ -76,20 +77,6 @@ def result_record(result: RowResult) -> dict[str, Any]:
 # minute that a record object per row would.
 
 _INTEGERS = {"row": "int64", "http_status": "int32", "attempts": "int32"}
-#: The journal's columns that hold JSON (a Change's pairs; a mapping of field -> value).
-_RAW_COLUMNS = (
-    "row",
-    "conversation_id",
-    "outcome",
-    "http_status",
-    "attempts",
-    "error_code",
-    "error_message",
-    "change",
-    "returned",
-    "difference",
-    "before",
-)
 _BATCH_ROWS = 50_000
 
 
@@ -160,10 +147,10 @@ def raw_batches(results: Iterable[RowResult]) -> Iterator[pyarrow.RecordBatch]:
     import pyarrow as pa
 
     types = {"row": pa.int64(), "http_status": pa.int64(), "attempts": pa.int64()}
-    schema = pa.schema([(name, types.get(name, pa.string())) for name in _RAW_COLUMNS])
+    schema = pa.schema([(name, types.get(name, pa.string())) for name in RESULT_COLUMNS])
     iterator = iter(results)
     while chunk := list(itertools.islice(iterator, _BATCH_ROWS)):
-        columns = zip(*(_raw_record(result) for result in chunk), strict=True)
+        columns = zip(*(stored_values(result) for result in chunk), strict=True)
         yield pa.RecordBatch.from_arrays(
             [
                 arrays.strings(values) if field.type == pa.string() else arrays.integers(values)
@@ -171,22 +158,6 @@ def raw_batches(results: Iterable[RowResult]) -> Iterator[pyarrow.RecordBatch]:
             ],
             schema=schema,
         )
-
-
-def _raw_record(result: RowResult) -> tuple[Any, ...]:
-    return (
-        result.row,
-        result.conversation_id,
-        result.outcome.value,
-        result.http_status,
-        result.attempts,
-        result.error_code,
-        result.error_message,
-        json.dumps(result.change.values),
-        None if result.returned is None else json.dumps(dict(result.returned)),
-        result.difference,
-        None if result.before is None else json.dumps(dict(result.before)),
-    )
 
 
 class _Writer(Protocol):

@@ -86,6 +86,11 @@ class RunControl:
             self.waiting_until = datetime.now(UTC) + timedelta(seconds=seconds)
             self.waiting_reason = reason
 
+    def wait_ends(self) -> datetime | None:
+        """When the run's current long wait ends; None when it is not waiting."""
+        until = self.waiting_until
+        return until if until is not None and until > datetime.now(UTC) else None
+
     async def sleep(self, seconds: float) -> None:
         """Sleep, unless the run is told to stop meanwhile: then raise RunStopped at once."""
         if not self.stopping:

@@ -504,9 +504,8 @@ class _Run:
         budget_left = None
         if self.ledger is not None and not settings.dry_run:
             budget_left = self.ledger.budget().left
-        until = control.waiting_until
-        if until is not None and (until <= datetime.now(UTC) or done >= self.validation.total_rows):
-            until = None  # over, or nothing is left to wait for
+        # Nothing is waited for once every row is done.
+        until = control.wait_ends() if done < self.validation.total_rows else None
         if control.stopping:
             phase = "stopping"
         elif until is not None:
@@ -539,9 +538,7 @@ class _Run:
         last = self._last_progress
         if last is None:
             return
-        until = self.control.waiting_until
-        if until is not None and until <= datetime.now(UTC):
-            until = None
+        until = self.control.wait_ends()
         if until != last.waiting_until or len(self.control.notices) != len(last.notices):
             self.show_progress(last.done, last.counts, last.rate)
 
