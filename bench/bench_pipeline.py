@@ -538,7 +538,7 @@ def run_client(args: argparse.Namespace) -> None:
     import httpx_aiohttp  # noqa: F401
 
     if args.name.startswith("pipeline-"):
-        from pipeline.runner import RunSettings, run
+        from pipeline.orchestrator.runner import RunSettings, run
 
         if args.name.endswith("-nojournal"):
             _count_instead_of_journaling()
@@ -577,8 +577,8 @@ def run_client(args: argparse.Namespace) -> None:
 def _count_instead_of_journaling() -> None:
     """Keep results in a list instead of SQLite: the report is still written at the end, so the
     gap between the two pipeline clients is what the journal's writes cost."""
-    from pipeline.journal import Journal
-    from pipeline.models import Outcome
+    from pipeline.core.models import Outcome
+    from pipeline.stages.journal import Journal
 
     kept: list[Any] = []
 

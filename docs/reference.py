@@ -1,8 +1,8 @@
 """The generated parts of docs/commands.md and docs/sandbox.md, run by cog.
 
-The flag tables come from the argparse parser (`pipeline.cli.build_parser()`), and the sandbox's
-switch table from `pipeline.sandbox.config.SandboxConfig`'s fields, so the docs say what the
-code does. Regenerate after changing a flag or a switch:
+The flag tables come from the argparse parser (`pipeline.cli.main.build_parser()`), and the
+sandbox's switch table from `pipeline.sandbox.config.SandboxConfig`'s fields, so the docs say
+what the code does. Regenerate after changing a flag or a switch:
 
     .venv/bin/cog -r docs/commands.md docs/sandbox.md
 
@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from collections.abc import Iterator
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 from pipeline.sandbox.config import switch_fields
 
 _GROUP_NAMES = {"positional arguments": "arguments", "options": "other flags"}

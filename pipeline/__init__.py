@@ -20,33 +20,33 @@ __version__ = "0.1.0"
 
 #: Where each public name lives: the one list of the library's public face.
 _PUBLIC = {
-    "RunSettings": "pipeline.settings",
-    "RunSummary": "pipeline.runner",
-    "run": "pipeline.runner",
-    "run_async": "pipeline.runner",
-    "resume": "pipeline.runner",
-    "resume_async": "pipeline.runner",
-    "plan": "pipeline.runner",
-    "plan_async": "pipeline.runner",
-    "apply_plan": "pipeline.runner",
-    "run_status": "pipeline.runner",
-    "export_report": "pipeline.runner",
-    "load_job": "pipeline.jobs",
-    "plan_job": "pipeline.jobs",
-    "run_job": "pipeline.jobs",
-    "run_job_async": "pipeline.jobs",
-    "diagnose": "pipeline.doctor",
-    "MateoBulkError": "pipeline.errors",
-    "InputError": "pipeline.errors",
-    "RunStopped": "pipeline.errors",
-    "AuthError": "pipeline.errors",
-    "EndpointError": "pipeline.errors",
-    "Interrupted": "pipeline.errors",
-    "SafetyError": "pipeline.errors",
-    "RemoteError": "pipeline.errors",
-    "TransientError": "pipeline.errors",
-    "PermanentError": "pipeline.errors",
-    "QuotaExhausted": "pipeline.quota",
+    "RunSettings": "pipeline.orchestrator.settings",
+    "RunSummary": "pipeline.orchestrator.runner",
+    "run": "pipeline.orchestrator.runner",
+    "run_async": "pipeline.orchestrator.runner",
+    "resume": "pipeline.orchestrator.runner",
+    "resume_async": "pipeline.orchestrator.runner",
+    "plan": "pipeline.orchestrator.runner",
+    "plan_async": "pipeline.orchestrator.runner",
+    "apply_plan": "pipeline.orchestrator.runner",
+    "run_status": "pipeline.orchestrator.runner",
+    "export_report": "pipeline.orchestrator.runner",
+    "load_job": "pipeline.commands.jobs",
+    "plan_job": "pipeline.commands.jobs",
+    "run_job": "pipeline.commands.jobs",
+    "run_job_async": "pipeline.commands.jobs",
+    "diagnose": "pipeline.commands.doctor",
+    "MateoBulkError": "pipeline.core.errors",
+    "InputError": "pipeline.core.errors",
+    "RunStopped": "pipeline.core.errors",
+    "AuthError": "pipeline.core.errors",
+    "EndpointError": "pipeline.core.errors",
+    "Interrupted": "pipeline.core.errors",
+    "SafetyError": "pipeline.core.errors",
+    "RemoteError": "pipeline.core.errors",
+    "TransientError": "pipeline.core.errors",
+    "PermanentError": "pipeline.core.errors",
+    "QuotaExhausted": "pipeline.api.quota",
 }
 
 __all__ = ["__version__", *_PUBLIC]
@@ -60,30 +60,30 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them (`X as X`: re-exported)
-    from pipeline.doctor import diagnose as diagnose
-    from pipeline.errors import AuthError as AuthError
-    from pipeline.errors import EndpointError as EndpointError
-    from pipeline.errors import InputError as InputError
-    from pipeline.errors import Interrupted as Interrupted
-    from pipeline.errors import MateoBulkError as MateoBulkError
-    from pipeline.errors import PermanentError as PermanentError
-    from pipeline.errors import RemoteError as RemoteError
-    from pipeline.errors import RunStopped as RunStopped
-    from pipeline.errors import SafetyError as SafetyError
-    from pipeline.errors import TransientError as TransientError
-    from pipeline.jobs import load_job as load_job
-    from pipeline.jobs import plan_job as plan_job
-    from pipeline.jobs import run_job as run_job
-    from pipeline.jobs import run_job_async as run_job_async
-    from pipeline.quota import QuotaExhausted as QuotaExhausted
-    from pipeline.runner import RunSummary as RunSummary
-    from pipeline.runner import apply_plan as apply_plan
-    from pipeline.runner import export_report as export_report
-    from pipeline.runner import plan as plan
-    from pipeline.runner import plan_async as plan_async
-    from pipeline.runner import resume as resume
-    from pipeline.runner import resume_async as resume_async
-    from pipeline.runner import run as run
-    from pipeline.runner import run_async as run_async
-    from pipeline.runner import run_status as run_status
-    from pipeline.settings import RunSettings as RunSettings
+    from pipeline.api.quota import QuotaExhausted as QuotaExhausted
+    from pipeline.commands.doctor import diagnose as diagnose
+    from pipeline.commands.jobs import load_job as load_job
+    from pipeline.commands.jobs import plan_job as plan_job
+    from pipeline.commands.jobs import run_job as run_job
+    from pipeline.commands.jobs import run_job_async as run_job_async
+    from pipeline.core.errors import AuthError as AuthError
+    from pipeline.core.errors import EndpointError as EndpointError
+    from pipeline.core.errors import InputError as InputError
+    from pipeline.core.errors import Interrupted as Interrupted
+    from pipeline.core.errors import MateoBulkError as MateoBulkError
+    from pipeline.core.errors import PermanentError as PermanentError
+    from pipeline.core.errors import RemoteError as RemoteError
+    from pipeline.core.errors import RunStopped as RunStopped
+    from pipeline.core.errors import SafetyError as SafetyError
+    from pipeline.core.errors import TransientError as TransientError
+    from pipeline.orchestrator.runner import RunSummary as RunSummary
+    from pipeline.orchestrator.runner import apply_plan as apply_plan
+    from pipeline.orchestrator.runner import export_report as export_report
+    from pipeline.orchestrator.runner import plan as plan
+    from pipeline.orchestrator.runner import plan_async as plan_async
+    from pipeline.orchestrator.runner import resume as resume
+    from pipeline.orchestrator.runner import resume_async as resume_async
+    from pipeline.orchestrator.runner import run as run
+    from pipeline.orchestrator.runner import run_async as run_async
+    from pipeline.orchestrator.runner import run_status as run_status
+    from pipeline.orchestrator.settings import RunSettings as RunSettings

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.models import InvalidRow, RowRequest
-from pipeline.reader import open_input
-from pipeline.validate import validate_row
+from pipeline.core.errors import InputError
+from pipeline.core.models import InvalidRow, RowRequest
+from pipeline.stages.reader import open_input
+from pipeline.stages.validate import validate_row
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
 EXPECTATIONS: dict[str, dict[str, Any]] = {

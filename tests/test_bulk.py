@@ -20,13 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import arrays
-from pipeline.journal import Journal
-from pipeline.models import FIELDS, Change, InvalidRow, Outcome, RowResult
-from pipeline.reader import DEFAULT_CHUNK_ROWS, open_input
-from pipeline.report import COLUMNS, result_record, write_report, write_report_batches
-from pipeline.runner import RunSettings, run
-from pipeline.validate import validate_row
+from pipeline.core import arrays
+from pipeline.core.models import FIELDS, Change, InvalidRow, Outcome, RowResult
+from pipeline.orchestrator.runner import RunSettings, run
+from pipeline.stages.journal import Journal
+from pipeline.stages.reader import DEFAULT_CHUNK_ROWS, open_input
+from pipeline.stages.report import COLUMNS, result_record, write_report, write_report_batches
+from pipeline.stages.validate import validate_row
 from tests.helpers import AGENTS, INBOXES, REPO, read_report, write_csv
 
 ID_1 = "0e5e1b7c-3c0a-4a4b-9c8d-1234567890ab"
@@ -225,7 +225,7 @@ def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path) -> None:
 import sys
 import threading
 from pathlib import Path
-from pipeline.runner import RunSettings, export_report, run, run_status
+from pipeline.orchestrator.runner import RunSettings, export_report, run, run_status
 run(RunSettings({str(path)!r}, dry_run=True, run_dir=Path({str(tmp_path / "run")!r}),
                 fixed_values={{"status": "closed"}}))
 run_status({str(tmp_path / "run")!r})
@@ -263,7 +263,7 @@ def test_a_dry_run_and_status_start_without_the_sandbox_or_an_http_transport(
     run_dir = tmp_path / "run"
     code = f"""
 import sys
-from pipeline.cli import main
+from pipeline.cli.main import main
 main(["run", {str(path)!r}, "--dry-run", "--quiet", "--set", "status=closed",
       "--run-dir", {str(run_dir)!r}])
 main(["status", {str(run_dir)!r}])

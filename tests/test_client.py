@@ -10,8 +10,9 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.client import MAX_RESPONSE_BYTES, Answer, MateoClient, check_base_url
-from pipeline.errors import (
+from pipeline.api.client import MAX_RESPONSE_BYTES, Answer, MateoClient, check_base_url
+from pipeline.api.retry import MAX_BACKOFF_SECONDS, backoff_seconds
+from pipeline.core.errors import (
     AuthError,
     ConnectionSetupError,
     EndpointError,
@@ -19,8 +20,7 @@ from pipeline.errors import (
     PermanentError,
     TransientError,
 )
-from pipeline.models import Change, ConversationIds
-from pipeline.retry import MAX_BACKOFF_SECONDS, backoff_seconds
+from pipeline.core.models import Change, ConversationIds
 
 TOKEN = "secret-token-abcdefghijklmnop"
 IDS = ConversationIds(

@@ -15,18 +15,16 @@ from typing import Any
 import anyio
 import pytest
 
-from pipeline.account import account_fingerprint
-from pipeline.cli import main
-from pipeline.doctor import (
+from pipeline.api.account import account_fingerprint, answers_path, load_answers
+from pipeline.api.quota import QuotaLedger
+from pipeline.cli.main import main
+from pipeline.commands.doctor import (
     MAX_REQUESTS,
     NOTHING_TO_DO,
     DoctorReport,
-    answers_path,
     diagnose,
-    load_answers,
     report_text,
 )
-from pipeline.quota import QuotaLedger
 from pipeline.sandbox import Sandbox
 
 

@@ -13,9 +13,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipeline.errors import InputError, PermanentError
-from pipeline.export import ReadSettings, VerifyState, export_rows, verify_rows
-from pipeline.quota import QuotaLedger
+from pipeline.api.quota import QuotaLedger
+from pipeline.commands.export import ReadSettings, VerifyState, export_rows, verify_rows
+from pipeline.core.errors import InputError, PermanentError
 from pipeline.sandbox import Sandbox
 from tests.helpers import INBOXES, read_report, run_cli, write_csv
 

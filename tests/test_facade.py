@@ -54,6 +54,21 @@ def test_every_public_name_resolves() -> None:
     assert issubclass(pipeline.SafetyError, pipeline.MateoBulkError)
 
 
+def test_no_subpackage_hides_a_public_name() -> None:
+    """Importing every module of the package leaves each public name what it was: a subpackage
+    named like a function (`pipeline.run`) would replace it as an attribute of `pipeline`."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        if module.name != "pipeline.__main__":
+            importlib.import_module(module.name)
+    for name in PUBLIC - {"__version__"}:
+        value = getattr(pipeline, name)
+        assert not inspect.ismodule(value), name
+        assert value.__module__.startswith("pipeline."), name
+
+
 def test_importing_the_package_loads_no_stage() -> None:
     """`import pipeline` is cheap: the runner, the HTTP client and pandas load on first use."""
     code = (

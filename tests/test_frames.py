@@ -20,9 +20,9 @@ import pytest
 
 import pipeline
 from pipeline import InputError, RunSettings
-from pipeline.frames import report_frame
-from pipeline.models import Outcome
+from pipeline.core.models import Outcome
 from pipeline.sandbox import Sandbox
+from pipeline.stages.frames import report_frame
 from tests.helpers import REPO, SAMPLE, read_report, run_cli
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from pipeline.errors import RunStopped, SafetyError
-from pipeline.runner import RunSettings, RunSummary, run, run_async
+from pipeline.core.errors import RunStopped, SafetyError
+from pipeline.orchestrator.runner import RunSettings, RunSummary, run, run_async
 from pipeline.sandbox import Sandbox
 from tests.helpers import read_report, run_cli, write_csv
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.html_report import reason_of, write_html_report
-from pipeline.journal import Journal
-from pipeline.models import Change, Outcome, RowResult
+from pipeline.core.models import Change, Outcome, RowResult
 from pipeline.sandbox import Sandbox
+from pipeline.stages.html_report import reason_of, write_html_report
+from pipeline.stages.journal import Journal
 from tests.helpers import INBOXES, run_cli, write_csv
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000001"

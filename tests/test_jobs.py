@@ -12,18 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli import build_parser, job_flags, main
-from pipeline.jobs import OPTION_NAMES, JobSummary, load_job, plan_job, run_job
-from pipeline.journal import Journal
-from pipeline.models import Outcome
-from pipeline.query_source import (
+from pipeline.cli.main import build_parser, job_flags, main
+from pipeline.commands.jobs import OPTION_NAMES, JobSummary, load_job, plan_job, run_job
+from pipeline.commands.query_source import (
     CONVERSATION_COLUMNS,
     check_filter,
     resolve_dates,
     resolve_query,
 )
+from pipeline.core.models import Outcome
 from pipeline.sandbox import Sandbox
 from pipeline.sandbox.schema import COLUMNS
+from pipeline.stages.journal import Journal
 from tests.helpers import AGENTS, INBOXES, REPO, read_report, run_cli, write_csv
 
 JOBS = REPO / "jobs"

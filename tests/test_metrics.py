@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.cli import main
-from pipeline.metrics import RunFigures, metrics_text, write_metrics
-from pipeline.models import Outcome
+from pipeline.cli.main import main
+from pipeline.commands.metrics import RunFigures, metrics_text, write_metrics
+from pipeline.core.models import Outcome
 from pipeline.sandbox import Sandbox
 from tests.helpers import SAMPLE, read_report, run_cli, write_csv
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from pipeline import notify
-from pipeline.cli import main
-from pipeline.errors import AuthError
-from pipeline.jobs import load_job
-from pipeline.models import Outcome
-from pipeline.notify import Notifier, conditions, deliver, notify_run
-from pipeline.runner import RunSummary
+from pipeline.cli.main import main
+from pipeline.commands import notify
+from pipeline.commands.jobs import load_job
+from pipeline.commands.notify import Notifier, conditions, deliver, notify_run
+from pipeline.core.errors import AuthError
+from pipeline.core.models import Outcome
+from pipeline.orchestrator.runner import RunSummary
 from pipeline.sandbox import Sandbox
 from tests.helpers import read_report, run_cli, write_csv
 

@@ -193,8 +193,8 @@ def test_resume_refuses_to_change_what_a_row_means(tmp_path: Path) -> None:
     """Only how the rest is sent may change on resume; anything else is an InputError."""
     import pytest
 
-    from pipeline.errors import InputError
-    from pipeline.runner import resume
+    from pipeline.core.errors import InputError
+    from pipeline.orchestrator.runner import resume
 
     with pytest.raises(InputError):
         resume(tmp_path, token="t", overrides={"batch_size": 5})
@@ -234,9 +234,9 @@ def test_the_live_bar_fits_the_terminal_and_shows_the_phase(width: int) -> None:
 
     from rich.console import Console
 
-    from pipeline.models import Outcome
-    from pipeline.progress import LiveProgress
-    from pipeline.runner import Progress
+    from pipeline.cli.progress import LiveProgress
+    from pipeline.core.models import Outcome
+    from pipeline.orchestrator.runner import Progress
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=True, color_system=None)

@@ -1,14 +1,15 @@
-"""How a row is judged from what the API answered and what it holds now (pipeline.outcomes and
-the snapshot's `decide`), where only a journal and a read can say what happened."""
+"""How a row is judged from what the API answered and what it holds now
+(pipeline.stages.outcomes and the snapshot's `decide`), where only a journal and a read can say
+what happened."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.journal import Journal
-from pipeline.models import Change, Outcome, RowRequest, RowResult
-from pipeline.report import _undo_record
-from pipeline.snapshot import decide
+from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.stages.journal import Journal
+from pipeline.stages.report import _undo_record
+from pipeline.stages.snapshot import decide
 
 CONVERSATION = "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c"
 BEFORE = {"inbox_id": "inbox-a", "assignee_id": None, "status": "closed"}

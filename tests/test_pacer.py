@@ -8,7 +8,7 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
-from pipeline.pacer import Pacer
+from pipeline.api.pacer import Pacer
 
 
 def run_virtual(main: Callable[[], Awaitable[None]]) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.models import Outcome
-from pipeline.quota import QuotaExhausted, QuotaLedger, parse_reset_time
-from pipeline.runner import RunSettings, resume, run
+from pipeline.api.quota import QuotaExhausted, QuotaLedger, parse_reset_time
+from pipeline.core.errors import InputError
+from pipeline.core.models import Outcome
+from pipeline.orchestrator.runner import RunSettings, resume, run
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from tests.helpers import SAMPLE, run_cli, write_csv
 
@@ -287,7 +287,7 @@ def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Pat
     from the start: no request is spent finding out again."""
     import anyio
 
-    from pipeline.doctor import diagnose
+    from pipeline.commands.doctor import diagnose
 
     api.configure(force_single_object=True)
     report = anyio.run(lambda: diagnose(api.base_url, api.token, rate=50.0))

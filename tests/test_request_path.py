@@ -9,10 +9,10 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.client import MateoClient, _parse_seconds, check_base_url, check_patch_target
-from pipeline.errors import InputError, RunStopped, SafetyError, TransientError
-from pipeline.models import Change, ConversationIds, Guard
-from pipeline.request_path import RequestPath, RunControl
+from pipeline.api.client import MateoClient, _parse_seconds, check_base_url, check_patch_target
+from pipeline.api.request_path import RequestPath, RunControl
+from pipeline.core.errors import InputError, RunStopped, SafetyError, TransientError
+from pipeline.core.models import Change, ConversationIds, Guard
 from pipeline.sandbox import Sandbox
 
 A = "3c90c3cc-0d44-4b50-8888-8dd25736052a"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import Outcome
-from pipeline.runner import RunSettings, resume, run, run_status
+from pipeline.core.models import Outcome
+from pipeline.orchestrator.runner import RunSettings, resume, run, run_status
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from tests.helpers import read_report, run_cli, write_csv
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.models import Outcome
-from pipeline.runner import RunSettings, RunSummary, run
+from pipeline.core.models import Outcome
+from pipeline.orchestrator.runner import RunSettings, RunSummary, run
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from tests.helpers import AGENTS, INBOXES, read_report, write_csv
 

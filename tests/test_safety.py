@@ -28,11 +28,11 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.client import MateoClient
-from pipeline.errors import InputError, SafetyError
-from pipeline.jobs import load_job, plan_job
-from pipeline.models import Change, ConversationIds
-from pipeline.runner import RunSettings, apply_plan, run
+from pipeline.api.client import MateoClient
+from pipeline.commands.jobs import load_job, plan_job
+from pipeline.core.errors import InputError, SafetyError
+from pipeline.core.models import Change, ConversationIds
+from pipeline.orchestrator.runner import RunSettings, apply_plan, run
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from tests.helpers import INBOXES, REPO, read_report, run_cli, write_csv
 
@@ -715,7 +715,7 @@ def test_an_http_date_retry_after_is_read_as_utc_whatever_the_local_zone() -> No
     code = (
         "import json, time\n"
         "from email.utils import formatdate\n"
-        "from pipeline.client import _parse_seconds\n"
+        "from pipeline.api.client import _parse_seconds\n"
         "ahead = time.time() + 5\n"
         "print(json.dumps([_parse_seconds(formatdate(ahead)),"
         " _parse_seconds(formatdate(ahead, usegmt=True))]))\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.cli import build_parser, main
+from pipeline.cli.main import build_parser, main
 from pipeline.sandbox import SandboxConfig
 from pipeline.sandbox.command import flag_for
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.report import COLUMNS
 from pipeline.sandbox import Sandbox
+from pipeline.stages.report import COLUMNS
 from tests.helpers import read_report, run_cli, write_csv
 
 #: An input with columns the run does not read: a note with a comma and a quote (CSV quoting

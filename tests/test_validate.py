@@ -11,10 +11,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import InputError
-from pipeline.models import FIELDS, STATUSES, Change, InvalidRow, RowRequest, normalise_uuid
-from pipeline.reader import InputRow, open_input
-from pipeline.validate import UNSET, parse_cell, parse_fixed_values, validate_row
+from pipeline.core.errors import InputError
+from pipeline.core.models import FIELDS, STATUSES, Change, InvalidRow, RowRequest, normalise_uuid
+from pipeline.stages.reader import InputRow, open_input
+from pipeline.stages.validate import UNSET, parse_cell, parse_fixed_values, validate_row
 
 ID_1 = "0e5e1b7c-3c0a-4a4b-9c8d-1234567890ab"
 ID_2 = "7d9f0c1e-5b2a-4c3d-8e4f-0a1b2c3d4e5f"
@@ -407,8 +407,8 @@ def _checked_rows(rows: list[InputRow], fixed: dict[str, str | None]) -> list[ob
     """validate_batch on `rows` (one batch), each row's answer as validate_row would give it."""
     import pyarrow as pa
 
-    from pipeline.reader import RowBatch
-    from pipeline.validate import JSON_NULL, decode_change, validate_batch
+    from pipeline.stages.reader import RowBatch
+    from pipeline.stages.validate import JSON_NULL, decode_change, validate_batch
 
     def column(values: list[str | None]) -> pa.Array | None:
         return None if values[0] is None else pa.array(values, pa.string())

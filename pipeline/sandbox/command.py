@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.sandbox.config import SandboxConfig, switch_fields
 from pipeline.sandbox.data import (
     SAMPLE_SEED,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from pipeline.models import CONVERSATION_COLUMNS
+from pipeline.core.models import CONVERSATION_COLUMNS
 from pipeline.sandbox.errors import ApiError
 
 TABLE = "conversation"

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.sandbox.app import SandboxApp
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.data import (
