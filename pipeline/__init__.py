@@ -35,7 +35,7 @@ _PUBLIC = {
     "plan_job": "pipeline.commands.jobs",
     "run_job": "pipeline.commands.jobs",
     "run_job_async": "pipeline.commands.jobs",
-    "diagnose": "pipeline.commands.doctor",
+    "diagnose": "pipeline.commands.doctor.diagnosis",
     "MateoBulkError": "pipeline.core.errors",
     "InputError": "pipeline.core.errors",
     "RunStopped": "pipeline.core.errors",
@@ -61,7 +61,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them (`X as X`: re-exported)
     from pipeline.api.quota import QuotaExhausted as QuotaExhausted
-    from pipeline.commands.doctor import diagnose as diagnose
+    from pipeline.commands.doctor.diagnosis import diagnose as diagnose
     from pipeline.commands.jobs import load_job as load_job
     from pipeline.commands.jobs import plan_job as plan_job
     from pipeline.commands.jobs import run_job as run_job

@@ -18,13 +18,9 @@ import pytest
 from pipeline.api.account import account_fingerprint, answers_path, load_answers
 from pipeline.api.quota import QuotaLedger
 from pipeline.cli.main import main
-from pipeline.commands.doctor import (
-    MAX_REQUESTS,
-    NOTHING_TO_DO,
-    DoctorReport,
-    diagnose,
-    report_text,
-)
+from pipeline.commands.doctor.diagnosis import diagnose
+from pipeline.commands.doctor.probe import MAX_REQUESTS
+from pipeline.commands.doctor.report import NOTHING_TO_DO, DoctorReport, report_text
 from pipeline.sandbox import Sandbox
 
 

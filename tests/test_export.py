@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from pipeline.api.quota import QuotaLedger
-from pipeline.commands.export import ReadSettings, VerifyState, export_rows, verify_rows
+from pipeline.commands.export import export_rows
+from pipeline.commands.read_settings import ReadSettings
+from pipeline.commands.verify import VerifyState, verify_rows
 from pipeline.core.errors import InputError, PermanentError
 from pipeline.sandbox import Sandbox
 from tests.helpers import INBOXES, read_report, run_cli, write_csv

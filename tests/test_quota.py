@@ -287,7 +287,7 @@ def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Pat
     from the start: no request is spent finding out again."""
     import anyio
 
-    from pipeline.commands.doctor import diagnose
+    from pipeline.commands.doctor.diagnosis import diagnose
 
     api.configure(force_single_object=True)
     report = anyio.run(lambda: diagnose(api.base_url, api.token, rate=50.0))

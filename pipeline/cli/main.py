@@ -1058,7 +1058,8 @@ def _doctor_command(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from pipeline.commands.doctor import diagnose, report_text
+    from pipeline.commands.doctor.diagnosis import diagnose
+    from pipeline.commands.doctor.report import report_text
 
     if args.sandbox:
         from pipeline.sandbox import mateo_limits_sandbox
@@ -1080,7 +1081,7 @@ def _doctor_command(args: argparse.Namespace) -> int:
 @contextmanager
 def _read_settings(args: argparse.Namespace) -> Iterator[Any]:
     """The ReadSettings of export and verify: pointed at a bundled sandbox with --sandbox."""
-    from pipeline.commands.export import ReadSettings
+    from pipeline.commands.read_settings import ReadSettings
 
     settings = ReadSettings(
         token="" if args.sandbox else _read_token(args),
@@ -1116,7 +1117,8 @@ def _end_progress(progress: Callable[[int, int], None] | None) -> None:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    from pipeline.commands.export import check_output_path, check_query, export_rows, parse_where
+    from pipeline.commands.export import check_query, export_rows, parse_where
+    from pipeline.commands.table_output import check_output_path
 
     filters = parse_where(args.where)
     # Checked before a sandbox starts or a token is read: a bad flag costs nothing.
@@ -1151,7 +1153,7 @@ def _export_command(args: argparse.Namespace) -> int:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    from pipeline.commands.export import VerifyState, verify_rows
+    from pipeline.commands.verify import VerifyState, verify_rows
 
     column_map = {}
     for assignment in args.map:
