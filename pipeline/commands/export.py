@@ -39,7 +39,8 @@ from pipeline.core.models import (
     same_value,
 )
 from pipeline.orchestrator.settings import RunSettings
-from pipeline.stages.reader import EXPECT_FIELDS, ID_FIELD, open_input
+from pipeline.stages.input.columns import EXPECT_FIELDS, ID_FIELD
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import validate_row
 
 #: What export writes: an input for `run`, whose expect_* columns guard each row with the
