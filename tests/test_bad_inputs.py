@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.core.errors import InputError
 from pipeline.core.models import InvalidRow, RowRequest
-from pipeline.stages.reader import open_input
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import validate_row
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import InputError
-from pipeline.stages.reader import InputFile, InputRow, open_input
+from pipeline.stages.input.input_file import InputFile, InputRow
+from pipeline.stages.input.opening import open_input
 
 ID_1 = "0e5e1b7c-3c0a-4a4b-9c8d-1234567890ab"
 ID_2 = "7d9f0c1e-5b2a-4c3d-8e4f-0a1b2c3d4e5f"
@@ -445,5 +446,5 @@ def test_a_plain_file_reads_the_same_through_pyarrow_and_the_csv_module(
 
     fast = read()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("pipeline.stages.reader._plain_csv", lambda path: None)
+        patch.setattr("pipeline.stages.input.csv_file.plain_csv", lambda path: None)
         assert read() == fast

@@ -575,7 +575,7 @@ def test_only_text_cells_are_read_as_values(tmp_path_factory: Any, rows: list[An
     """Whatever mix of numbers, dates, TRUE/FALSE and uuid text an id and an inbox column hold,
     a row is valid exactly when both are uuid text, and is then sent with those uuids; any
     other cell makes the row invalid naming its column, and no value of it is sent."""
-    from pipeline.stages.reader import open_input
+    from pipeline.stages.input.opening import open_input
     from pipeline.stages.validate import validate_batch
 
     path = tmp_path_factory.mktemp("typed") / "typed.xlsx"

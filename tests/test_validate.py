@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from pipeline.core.errors import InputError
 from pipeline.core.models import FIELDS, STATUSES, Change, InvalidRow, RowRequest, normalise_uuid
-from pipeline.stages.reader import InputRow, open_input
+from pipeline.stages.input.input_file import InputRow
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import UNSET, parse_cell, parse_fixed_values, validate_row
 
 ID_1 = "0e5e1b7c-3c0a-4a4b-9c8d-1234567890ab"
@@ -407,7 +408,7 @@ def _checked_rows(rows: list[InputRow], fixed: dict[str, str | None]) -> list[ob
     """validate_batch on `rows` (one batch), each row's answer as validate_row would give it."""
     import pyarrow as pa
 
-    from pipeline.stages.reader import RowBatch
+    from pipeline.stages.input.input_file import RowBatch
     from pipeline.stages.validate import JSON_NULL, decode_change, validate_batch
 
     def column(values: list[str | None]) -> pa.Array | None:

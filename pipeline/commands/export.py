@@ -26,7 +26,7 @@ from pipeline.commands.read_settings import ProgressCallback, ReadSettings, open
 from pipeline.commands.table_output import TableWriter, cell_text, check_output_path
 from pipeline.core.errors import InputError
 from pipeline.core.models import FIELDS, normalise_uuid
-from pipeline.stages.reader import EXPECT_FIELDS, ID_FIELD
+from pipeline.stages.input.columns import EXPECT_FIELDS, ID_FIELD
 
 #: What export writes: an input for `run`, whose expect_* columns guard each row with the
 #: values it had when exported, so an edited file never overwrites a change made since.

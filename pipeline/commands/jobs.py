@@ -54,8 +54,9 @@ from pipeline.orchestrator.runner import (
     refuse_running_loop,
     run_async,
 )
+from pipeline.stages.input.columns import MAPPABLE_FIELDS
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.journal import JOURNAL_NAME
-from pipeline.stages.reader import MAPPABLE_FIELDS, open_input
 from pipeline.stages.report import REPORT_FORMATS, write_report
 from pipeline.stages.validate import UNSET, parse_cell, parse_fixed_values
 

@@ -23,7 +23,8 @@ from pipeline.api.request_path import RunControl
 from pipeline.commands.read_settings import ProgressCallback, ReadSettings, open_request_path
 from pipeline.commands.table_output import TableWriter, cell_text, check_output_path
 from pipeline.core.models import FIELDS, ConversationIds, InvalidRow, RowRequest, same_value
-from pipeline.stages.reader import ID_FIELD, open_input
+from pipeline.stages.input.columns import ID_FIELD
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import validate_row
 
 #: Input rows verified per batch of reads: memory stays flat however long the file is.

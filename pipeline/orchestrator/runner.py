@@ -47,10 +47,11 @@ from pipeline.stages.frames import (
 )
 from pipeline.stages.grouping import Grouper
 from pipeline.stages.html_report import HTML_SUFFIX, write_html_report
+from pipeline.stages.input.input_file import InputFile
+from pipeline.stages.input.opening import open_input
 from pipeline.stages.journal import Journal
 from pipeline.stages.outcomes import skipped
 from pipeline.stages.prepare import Validation, dry_run_columns, sort_batch, validate_file
-from pipeline.stages.reader import InputFile, open_input
 from pipeline.stages.report import (
     FAILING_OUTCOMES,
     InputCells,

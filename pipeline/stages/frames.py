@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
+from pipeline.stages.input.columns import MAPPABLE_FIELDS, resolve_columns
+from pipeline.stages.input.input_file import first_line
 
 if TYPE_CHECKING:
     import pandas
@@ -60,14 +62,11 @@ def save_frame(frame: Any, run_dir: Path, column_map: Mapping[str, str]) -> Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # The reader's own header check, so a frame's columns are judged (and explained) as a
-    # file's are; only the name in its messages differs.
-    from pipeline.stages.reader import MAPPABLE_FIELDS
-    from pipeline.stages.reader import _resolve_columns as resolve_columns
-
     table = _as_table(frame)
     # (An unknown column_map field is the reader's to refuse, as for a file.)
     if all(field in MAPPABLE_FIELDS for field in column_map):
+        # The reader's own header check, so a frame's columns are judged (and explained) as a
+        # file's are; only the name in its messages differs.
         indexes = resolve_columns(table.column_names, column_map, FRAME_NAME)
         # Only the columns the run reads: a column of lists beside them is no concern of it.
         for index in sorted(set(indexes.values())):
@@ -86,7 +85,7 @@ def save_frame(frame: Any, run_dir: Path, column_map: Mapping[str, str]) -> Path
         pq.write_table(table, partial)
     except (pa.ArrowException, ValueError) as error:
         partial.unlink(missing_ok=True)
-        raise InputError(f"{FRAME_NAME} cannot be kept as Parquet: {_first_line(error)}") from None
+        raise InputError(f"{FRAME_NAME} cannot be kept as Parquet: {first_line(error)}") from None
     # Under its name only once complete: a resume must never find half a frame.
     partial.replace(path)
     return path
@@ -105,7 +104,7 @@ def save_plan_frame(frame: Any, run_dir: Path) -> Path:
     try:
         pa_csv.write_csv(table, path)
     except (pa.ArrowException, ValueError) as error:
-        raise InputError(f"{PLAN_FRAME_NAME} cannot be kept as CSV: {_first_line(error)}") from None
+        raise InputError(f"{PLAN_FRAME_NAME} cannot be kept as CSV: {first_line(error)}") from None
     return path
 
 
@@ -135,10 +134,6 @@ def _as_table(frame: Any) -> pyarrow.Table:
             ]
             columns.append(pa.array(texts, type=pa.string()))
     return pa.Table.from_arrays(columns, names=names)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def report_frame(run_dir: Path, report_path: Path | None = None) -> pandas.DataFrame:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core import arrays
 from pipeline.core.models import FIELDS, Change, InvalidRow, Outcome, RowRequest, RowResult
-from pipeline.stages.reader import InputFile
+from pipeline.stages.input.input_file import InputFile
 from pipeline.stages.validate import checked_schema, decode_change, validate_batch
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from pipeline.stages.journal import RESULT_COLUMNS, stored_values
 if TYPE_CHECKING:
     import pyarrow
 
-    from pipeline.stages.reader import InputFile
+    from pipeline.stages.input.input_file import InputFile
 
 #: Report columns, a contract other tools read; add new ones at the end.
 COLUMNS: tuple[str, ...] = (

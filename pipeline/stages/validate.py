@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from pipeline.core import arrays
 from pipeline.core.errors import InputError
 from pipeline.core.models import FIELDS, NULLABLE_FIELDS, STATUSES, Change, InvalidRow, RowRequest
-from pipeline.stages.reader import InputRow, RowBatch
+from pipeline.stages.input.input_file import InputRow, RowBatch
 
 if TYPE_CHECKING:
     import pyarrow
