@@ -25,7 +25,8 @@ from pipeline.core.models import FIELDS, Change, InvalidRow, Outcome, RowResult
 from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.stages.journal import Journal
 from pipeline.stages.reader import DEFAULT_CHUNK_ROWS, open_input
-from pipeline.stages.report import COLUMNS, result_record, write_report, write_report_batches
+from pipeline.stages.report import write_report, write_report_batches
+from pipeline.stages.report_columns import COLUMNS, result_record
 from pipeline.stages.validate import validate_row
 from tests.helpers import AGENTS, INBOXES, REPO, read_report, write_csv
 
