@@ -26,7 +26,8 @@ from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.stages.input.input_file import DEFAULT_CHUNK_ROWS
 from pipeline.stages.input.opening import open_input
 from pipeline.stages.journal import Journal
-from pipeline.stages.report import COLUMNS, result_record, write_report, write_report_batches
+from pipeline.stages.report import write_report, write_report_batches
+from pipeline.stages.report_columns import COLUMNS, result_record
 from pipeline.stages.validate import validate_row
 from tests.helpers import AGENTS, INBOXES, REPO, read_report, write_csv
 

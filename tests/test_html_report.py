@@ -20,9 +20,10 @@ import pytest
 
 from pipeline.core.models import Change, Outcome, RowResult
 from pipeline.sandbox import Sandbox
-from pipeline.stages.html_report import reason_of, write_html_report
+from pipeline.stages.html_report import write_html_report
 from pipeline.stages.journal import Journal
-from tests.helpers import INBOXES, run_cli, write_csv
+from pipeline.stages.run_figures import reason_of
+from tests.helpers import AGENTS, INBOXES, run_cli, write_csv
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000001"
 UNKNOWN_INBOX = "00000000-0000-4000-8000-0000000000aa"
@@ -287,6 +288,125 @@ def test_reasons_blank_what_names_a_row() -> None:
     server = 'Key (inbox_id)=(241daf71-98a6-4bdc-89e9-5021bba3333c) not in table "inbox"'
     assert reason_of(server) == 'Key (inbox_id)=(<uuid>) not in table "inbox"'
     assert reason_of(None) == ""
+
+
+_TRANSITION = re.compile(
+    r'<tr><td class="field"><code>([^<]*)</code></td><td class="value before">(.*?)</td>'
+    r'<td class="arrow" aria-hidden="true">→</td><td class="value after">(.*?)</td>'
+    r'<td class="num">([\d,]+)</td></tr>'
+)
+
+
+def transitions_shown(page: str) -> list[tuple[str, str, str, int]]:
+    """The transitions table of a page: field, before and after (as the page shows them), rows."""
+    return [
+        (field, before, after, int(rows.replace(",", "")))
+        for field, before, after, rows in _TRANSITION.findall(page)
+    ]
+
+
+def shown_value(value: str | None) -> str:
+    if value is None:
+        return '<span class="muted">not read</span>'
+    if value == "null":
+        return '<span class="muted">null (none)</span>'
+    return f"<code>{value}</code>"
+
+
+def test_a_dry_runs_transitions_count_every_planned_row(tmp_path: Path) -> None:
+    """A dry run reads no value before: each planned row counts once per field it sets, as
+    "not read" → its target, most rows first (then by field and value); invalid rows and
+    conflicting repeats are not planned, so not counted."""
+    statuses = ("open", "closed", "archived")
+    rows: list[dict[str, str]] = []
+    for number in range(60):
+        row = {"conversation_id": f"00000000-0000-4000-8000-{number:012x}"}
+        if number % 2:
+            row["inbox_id"] = INBOXES[number % 3]
+        if number % 3 == 0:
+            row["assignee_id"] = "null" if number % 9 == 0 else AGENTS[number % 4]
+        if number % 5 or len(row) == 1:
+            row["status"] = statuses[number % len(statuses)]
+        rows.append(row)
+    rows.append({"conversation_id": "not-an-id", "status": "closed"})  # invalid
+    rows.append({"conversation_id": rows[1]["conversation_id"], "status": "archived"})  # conflict
+    expected: dict[tuple[str, str], int] = {}
+    for row in rows[:60]:
+        if row["conversation_id"] == rows[1]["conversation_id"]:
+            continue  # listed twice with different targets: invalid
+        for name in ("inbox_id", "assignee_id", "status"):
+            if name in row:
+                expected[name, row[name]] = expected.get((name, row[name]), 0) + 1
+    ranked = sorted(
+        expected.items(), key=lambda item: (-item[1], item[0][0], str((None, item[0][1])))
+    )
+    path = write_csv(tmp_path / "in.csv", rows)
+    run_dir = tmp_path / "run"
+    result = run_cli("run", path, "--dry-run", "--run-dir", run_dir, "--quiet")
+    assert result.returncode == 1, result.stderr
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert transitions_shown(page) == [
+        (name, shown_value(None), shown_value(after), count) for (name, after), count in ranked
+    ]
+    assert "more transitions" not in page
+    assert "“not read”: the value before was not read" in page_text(page)
+
+
+def test_transitions_past_the_first_thirty_are_counted_not_shown(tmp_path: Path) -> None:
+    """Planned rows with and without values before: a field already at its target is no
+    transition (case aside); rows of other outcomes are not counted; past the first 30
+    transitions, the rest are counted in one line."""
+    with Journal.create(tmp_path / "run", {"settings": {"dry_run": True}, "rows": 0}) as journal:
+        results = []
+        for number in range(1, 36):
+            target = f"00000000-0000-4000-8000-{number:012x}"
+            for _ in range(number % 4 + 1):
+                results.append((Change((("inbox_id", target),)), None))
+        results += [
+            (Change((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
+            (Change((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
+            (Change((("status", "Closed"),)), {"status": "closed"}),  # already there
+            (Change((("assignee_id", None),)), {"assignee_id": AGENTS[0]}),
+            (Change((("assignee_id", AGENTS[1]),)), {"assignee_id": None}),
+        ]
+        journal.record(
+            [
+                RowResult(row, UNKNOWN_ID, Outcome.PLANNED, change=change, before=before)
+                for row, (change, before) in enumerate(results, 1)
+            ]
+            + [
+                RowResult(
+                    len(results) + 1, UNKNOWN_ID, Outcome.UPDATED,
+                    change=Change((("status", "closed"),)), before={"status": "open"},
+                ),
+            ]
+        )  # fmt: skip
+        write_html_report(journal, tmp_path / "page.html")
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    inbox = [
+        (count, f"00000000-0000-4000-8000-{number:012x}")
+        for number in range(1, 36)
+        for count in [number % 4 + 1]
+    ]
+    ranked = sorted(
+        [(("inbox_id", None, value), count) for count, value in inbox]
+        + [
+            (("status", "open", "closed"), 2),
+            (("assignee_id", None, "null"), 2),
+            (("assignee_id", AGENTS[0], "null"), 1),
+            (("assignee_id", "null", AGENTS[1]), 1),
+        ],
+        key=lambda item: (-item[1], item[0][0], str(item[0][1:])),
+    )
+    assert transitions_shown(page) == [
+        (name, shown_value(before), shown_value(after), count)
+        for (name, before, after), count in ranked[:30]
+    ]
+    rest = ranked[30:]
+    assert (
+        f"and {len(rest)} more transitions ({sum(count for _, count in rest)} rows)."
+        in page_text(page)
+    )
 
 
 CHROMIUM = shutil.which("chromium")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.core.models import Change, Outcome, RowRequest, RowResult
 from pipeline.stages.journal import Journal
-from pipeline.stages.report import _undo_record
+from pipeline.stages.side_files import _undo_record
 from pipeline.stages.snapshot import decide
 
 CONVERSATION = "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c"

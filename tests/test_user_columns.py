@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.sandbox import Sandbox
-from pipeline.stages.report import COLUMNS
+from pipeline.stages.report_columns import COLUMNS
 from tests.helpers import read_report, run_cli, write_csv
 
 #: An input with columns the run does not read: a note with a comma and a quote (CSV quoting

@@ -53,18 +53,20 @@ from pipeline.stages.journal import Journal
 from pipeline.stages.outcomes import skipped
 from pipeline.stages.prepare import Validation, dry_run_columns, sort_batch, validate_file
 from pipeline.stages.report import (
-    FAILING_OUTCOMES,
     InputCells,
     ReportWriter,
     check_report_path,
+    write_report_batches,
+)
+from pipeline.stages.report_columns import unsent_batch
+from pipeline.stages.send import Sender, row_results
+from pipeline.stages.side_files import (
+    FAILING_OUTCOMES,
     plan_to_input,
-    unsent_batch,
     write_failures,
     write_plan,
-    write_report_batches,
     write_undo,
 )
-from pipeline.stages.send import Sender, row_results
 from pipeline.stages.snapshot import guard_expected, snapshot_rows
 
 if TYPE_CHECKING:

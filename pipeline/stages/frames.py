@@ -151,7 +151,7 @@ def report_frame(run_dir: Path, report_path: Path | None = None) -> pandas.DataF
     import pyarrow as pa
 
     from pipeline.stages.journal import Journal
-    from pipeline.stages.report import report_batch, report_schema
+    from pipeline.stages.report_columns import report_batch, report_schema
 
     with Journal.open(run_dir) as journal:
         batches = [report_batch(raw) for raw in journal.result_batches()]
@@ -175,7 +175,7 @@ def _carried_columns(report_path: Path | None, rows: int) -> list[tuple[str, Any
     `report.InputCells`), as strings: they are the input's, not the journal's."""
     import pyarrow as pa
 
-    from pipeline.stages.report import COLUMNS
+    from pipeline.stages.report_columns import COLUMNS
 
     if report_path is None or not report_path.is_file():
         return []
