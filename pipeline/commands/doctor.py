@@ -32,17 +32,10 @@ from typing import Any
 import httpx
 
 from pipeline.api.account import store_answers
-from pipeline.api.client import (
-    SELECT,
-    _error_details,
-    _parse_seconds,
-    _retry_after,
-    check_base_url,
-    exchange,
-    make_transport,
-)
+from pipeline.api.client import SELECT, _error_details, _parse_seconds, _retry_after
 from pipeline.api.quota import QuotaExhausted, QuotaLedger
 from pipeline.api.request_path import RequestPath, RunControl
+from pipeline.api.wire import check_base_url, exchange, make_transport
 from pipeline.core.errors import ConnectionSetupError, InputError, RunStopped, TransientError
 from pipeline.core.models import ConversationIds
 

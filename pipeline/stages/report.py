@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pipeline.core import arrays
 from pipeline.core.errors import InputError
 from pipeline.core.models import FIELDS, MAYBE_APPLIED, Outcome, RowResult, same_value
-from pipeline.stages.journal import RESULT_COLUMNS, stored_values
+from pipeline.stages.journal_schema import RESULT_COLUMNS, stored_values
 
 if TYPE_CHECKING:
     import pyarrow
