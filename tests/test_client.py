@@ -10,8 +10,9 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.api.client import MAX_RESPONSE_BYTES, Answer, MateoClient, check_base_url
+from pipeline.api.client import Answer, MateoClient
 from pipeline.api.retry import MAX_BACKOFF_SECONDS, backoff_seconds
+from pipeline.api.wire import MAX_RESPONSE_BYTES, check_base_url
 from pipeline.core.errors import (
     AuthError,
     ConnectionSetupError,

@@ -9,8 +9,9 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.api.client import MateoClient, _parse_seconds, check_base_url, check_patch_target
+from pipeline.api.client import MateoClient, _parse_seconds
 from pipeline.api.request_path import RequestPath, RunControl
+from pipeline.api.wire import check_base_url, check_patch_target
 from pipeline.core.errors import InputError, RunStopped, SafetyError, TransientError
 from pipeline.core.models import Change, ConversationIds, Guard
 from pipeline.sandbox import Sandbox

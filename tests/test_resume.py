@@ -19,6 +19,7 @@ import pytest
 from pipeline.core.models import Outcome
 from pipeline.orchestrator.runner import RunSettings, resume, run, run_status
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
+from pipeline.stages.journal_schema import JOURNAL_VERSION
 from tests.helpers import read_report, run_cli, write_csv
 
 ROWS = 2_000
@@ -320,3 +321,43 @@ def test_a_run_directory_is_never_reused_by_accident(api: Sandbox, tmp_path: Pat
         "run", path, "--base-url", api.base_url, "--run-dir", tmp_path / "r", token=TOKEN
     )
     assert second.returncode == 2 and "mateo-bulk resume" in second.stderr
+
+
+def _stopped_run_with_journal_version(api: Sandbox, tmp_path: Path, version: int) -> Path:
+    """A run stopped by a bad token before sending anything, its journal then given `version`."""
+    api.configure(latency_ms=0)
+    ids = [row["id"] for row in api.rows() if row["status"] != "closed"][:20]
+    path = write_csv(tmp_path / "in.csv", [{"conversation_id": i, "status": "closed"} for i in ids])
+    run_dir = tmp_path / "run"
+    settings = RunSettings(
+        path, token="wrong", base_url=api.base_url, rate=None, run_dir=run_dir, batch_size=5
+    )
+    assert run(settings).exit_code == 3
+    with sqlite3.connect(run_dir / "journal.sqlite") as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (JOURNAL_VERSION,)
+        connection.execute(f"PRAGMA user_version = {version}")
+    return run_dir
+
+
+def test_a_run_whose_journal_predates_versions_is_resumed(api: Sandbox, tmp_path: Path) -> None:
+    """A journal written before it kept a version (0, the same tables) resumes as any other."""
+    run_dir = _stopped_run_with_journal_version(api, tmp_path, 0)
+    assert run_status(run_dir).counts[Outcome.SKIPPED] == 20
+    resumed = resume(run_dir, token=TOKEN)
+    assert resumed.exit_code == 0 and resumed.counts[Outcome.UPDATED] == 20
+    assert [line["outcome"] for line in read_report(run_dir / "report.csv")] == ["updated"] * 20
+    with sqlite3.connect(run_dir / "journal.sqlite") as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (JOURNAL_VERSION,)
+
+
+def test_a_run_whose_journal_is_newer_is_refused(api: Sandbox, tmp_path: Path) -> None:
+    """A journal of a newer mateo-bulk: resume exits 2 naming the file, and sends nothing."""
+    run_dir = _stopped_run_with_journal_version(api, tmp_path, JOURNAL_VERSION + 1)
+    api.reset_stats()
+    result = run_cli("resume", run_dir, token=TOKEN)
+    assert result.returncode == 2
+    assert "written by a newer mateo-bulk" in result.stderr
+    assert "journal.sqlite" in result.stderr
+    assert api.stats()["requests"] == 0
+    status = run_cli("status", run_dir)
+    assert status.returncode == 2 and "written by a newer mateo-bulk" in status.stderr

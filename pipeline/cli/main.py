@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import __version__
-from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL, TRANSPORTS
+from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL
 from pipeline.api.quota import DEFAULT_DAILY_QUOTA
+from pipeline.api.wire import TRANSPORTS
 from pipeline.core.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
 from pipeline.orchestrator.runner import (
     RunSettings,

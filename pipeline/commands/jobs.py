@@ -29,8 +29,9 @@ from typing import Any
 import anyio
 import httpx
 
-from pipeline.api.client import DEFAULT_BASE_URL, TRANSPORTS, check_base_url
+from pipeline.api.client import DEFAULT_BASE_URL
 from pipeline.api.quota import QuotaExhausted, parse_reset_time
+from pipeline.api.wire import TRANSPORTS, check_base_url
 from pipeline.commands.metrics import SUFFIX as METRICS_SUFFIX
 from pipeline.commands.notify import CONDITIONS, Notifier, NotifySpec, check_form, check_on
 from pipeline.commands.notify import notifier_from_flag as _notifier_from_flag

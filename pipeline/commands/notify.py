@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pipeline import __version__
-from pipeline.api.client import in_clear_text
+from pipeline.api.wire import in_clear_text
 from pipeline.commands.notify_text import job_text, payload, run_text, stopped_text
 from pipeline.core.errors import InputError, RunStopped, SafetyError
 from pipeline.orchestrator.runner import RunSummary

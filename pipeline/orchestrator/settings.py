@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL, TRANSPORTS, check_base_url
+from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL
 from pipeline.api.quota import DEFAULT_DAILY_QUOTA, QuotaLedger, parse_reset_time
+from pipeline.api.wire import TRANSPORTS, check_base_url
 from pipeline.core.errors import InputError
 from pipeline.core.models import Guard
 from pipeline.stages.report import check_report_path

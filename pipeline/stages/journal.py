@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import fcntl
 import json
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core import arrays
 from pipeline.core.errors import InputError
 from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.stages.journal_batches import result_batches
+from pipeline.stages.journal_columns import ColumnBatch, ColumnsWriter, column_batch
+from pipeline.stages.journal_schema import (
+    RESULT_COLUMNS,
+    change_from_json,
+    insert_sql,
+    prepare_tables,
+    result_from_record,
+    stored_values,
+)
 
 if TYPE_CHECKING:
     import pyarrow
@@ -48,53 +55,6 @@ FINAL_OUTCOMES = frozenset(
 #: far (`progress`), or it ended (`stop` with the reason in `detail`, `finish`).
 EVENT_KINDS = ("start", "resume", "progress", "stop", "finish")
 
-#: The results table's columns, in order.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "row",
-    "conversation_id",
-    "outcome",
-    "http_status",
-    "attempts",
-    "error_code",
-    "error_message",
-    "change",
-    "returned",
-    "difference",
-    "before",
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    row INTEGER PRIMARY KEY,
-    conversation_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    http_status INTEGER,
-    attempts INTEGER NOT NULL,
-    error_code TEXT,
-    error_message TEXT,
-    change TEXT NOT NULL,
-    returned TEXT,
-    difference TEXT,
-    before TEXT
-);
-CREATE TABLE IF NOT EXISTS intents (
-    row INTEGER PRIMARY KEY,
-    conversation_id TEXT NOT NULL,
-    change TEXT NOT NULL,
-    before TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    requests INTEGER NOT NULL,
-    retries INTEGER NOT NULL,
-    rate_limited INTEGER NOT NULL,
-    rows INTEGER NOT NULL,
-    detail TEXT
-);
-"""
-
 
 class Journal:
     """One run's journal; open with `create` (a new run) or `open` (resume, status, report)."""
@@ -103,12 +63,17 @@ class Journal:
         self.path = path
         self.run_dir = path.parent
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            # Before anything else: a journal this code cannot read is refused unchanged.
+            prepare_tables(self._connection, path)
+        except BaseException:
+            self._connection.close()
+            raise
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
         # 8 MB of page cache, not SQLite's 2 MB: a dry run's transaction of 20,000 results
         # dirties ~3 MB, and spilling them to the WAL before the commit costs its inserts ~12%.
         self._connection.execute("PRAGMA cache_size=-8192")
-        self._connection.executescript(_SCHEMA)
         self._lock_file: Any = None
         self._reader: sqlite3.Connection | None = None
         #: Rows per outcome, kept by the journal that made the results table while only
@@ -183,7 +148,7 @@ class Journal:
     def set_meta(self, values: dict[str, Any]) -> None:
         with self._transaction():
             self._connection.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                insert_sql("meta", "INSERT OR REPLACE"),
                 [(key, json.dumps(value)) for key, value in values.items()],
             )
 
@@ -209,9 +174,7 @@ class Journal:
         """
         moment = time.time() if at is None else at
         counts = (requests, retries, rate_limited, rows)
-        self._connection.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", (moment, kind, *counts, detail)
-        )
+        self._connection.execute(insert_sql("events"), (moment, kind, *counts, detail))
 
     # --- results ---------------------------------------------------------------------------
 
@@ -220,7 +183,7 @@ class Journal:
         self._counts = None
         with self._transaction():
             self._connection.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                insert_sql("results", "INSERT OR REPLACE"),
                 [stored_values(result) for result in results],
             )
 
@@ -231,9 +194,9 @@ class Journal:
         The other columns are left empty and attempts 0: results of rows that were not sent
         (a dry run's). A row recorded again replaces its earlier record, as with `record`.
         """
-        self._insert(_column_batch(columns))
+        self._insert(column_batch(columns))
 
-    def _insert(self, batch: _ColumnBatch) -> None:
+    def _insert(self, batch: ColumnBatch) -> None:
         with self._transaction():
             for rows in batch.inserts:
                 rows.insert_into(self._connection)
@@ -249,7 +212,7 @@ class Journal:
 
     def columns_writer(self) -> ColumnsWriter:
         """`record_columns` on a thread of its own; `close()` it to wait for the last batch."""
-        return ColumnsWriter(self)
+        return ColumnsWriter(self._insert)
 
     def record_intents(self, rows: Iterable[RowRequest]) -> None:
         """Make rows durable as sent, with their before-values, before their PATCH leaves.
@@ -259,7 +222,7 @@ class Journal:
         """
         with self._transaction():
             self._connection.executemany(
-                "INSERT INTO intents VALUES (?, ?, ?, ?) ON CONFLICT(row) DO UPDATE SET "
+                insert_sql("intents") + " ON CONFLICT(row) DO UPDATE SET "
                 "change = excluded.change, before = COALESCE(intents.before, excluded.before)",
                 [
                     (
@@ -284,7 +247,7 @@ class Journal:
             "OR results.error_code = 'maybe_applied')",
             (first, last),
         )
-        return {row: None if before is None else _change(before) for row, before in rows}
+        return {row: None if before is None else change_from_json(before) for row, before in rows}
 
     def _read_connection(self) -> sqlite3.Connection:
         # Called from the reading thread while the event loop records results: a connection
@@ -356,351 +319,23 @@ class Journal:
 
     def results(self, outcomes: Iterable[Outcome] | None = None) -> Iterator[RowResult]:
         """Every recorded result in row order (optionally only some outcomes), streamed."""
-        query = "SELECT * FROM results"
+        query = f"SELECT {', '.join(RESULT_COLUMNS)} FROM results"
         parameters: tuple[str, ...] = ()
         if outcomes is not None:
             parameters = tuple(outcome.value for outcome in outcomes)
             query += f" WHERE outcome IN ({','.join('?' * len(parameters))})"
         cursor = self._connection.execute(query + " ORDER BY row", parameters)
         while batch := cursor.fetchmany(10_000):
-            yield from (_from_record(record) for record in batch)
+            yield from (result_from_record(record) for record in batch)
 
     def result_batches(self, batch_rows: int = 20_000) -> Iterator[pyarrow.RecordBatch]:
         """Every recorded result in row order, as record batches of RESULT_COLUMNS (change,
-        returned and before as the JSON text kept), streamed.
-
-        Made without a Python object per row: for each range of `batch_rows` row numbers, one
-        query has SQLite hand each column over as one string, which Arrow splits (columns
-        never null: their values joined by a separator) or Python's json module parses (the
-        others: a JSON array of the values that are not null, placed by their row numbers
-        when some are null). The queries run a batch or two ahead, on a thread of their own
-        (SQLite runs one without holding the GIL), while the caller uses the batch before.
-        A million rows take about a second.
-        """
-        for size, texts in _prefetched(self._result_texts(batch_rows)):
-            row = texts["row"]
-            if isinstance(row, range):
-                rows = arrays.integers(row)
-            else:
-                rows = _joined_column("row", size, row)
-            columns = [rows]
-            for name in RESULT_COLUMNS[1:]:
-                text = texts[name]
-                if name not in _NULLABLE_RESULTS:
-                    columns.append(_joined_column(name, size, text))
-                else:
-                    columns.append(_sparse_column(name, size, rows, *text))
-            batch = _result_batch(columns)
-            if not _ascending(batch.column("row")):
-                batch = batch.sort_by("row")
-            yield batch
-
-    def _result_texts(self, batch_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Per range of row numbers: its row count, and the texts each column is made from: the
-        values joined (a JSON array for conversation ids holding the separator); the range
-        itself for the row numbers of a range without a gap; for a column that may be null,
-        (the values that are not null, their row numbers joined when some are null)."""
-        parts = ["count(*)"]
-        for name in RESULT_COLUMNS[1:]:  # the row numbers only when the range has gaps
-            if name in _NULLABLE_RESULTS:
-                # Most such columns are null on most rows of a run (an error), or on all (a
-                # dry run's): only the values there are, not a null per row, are handed over.
-                parts.append(f"json_group_array({name}) FILTER (WHERE {name} IS NOT NULL)")
-            else:
-                parts.append(_joined(name))
-        query = f"SELECT {', '.join(parts)} FROM results WHERE row BETWEEN ? AND ?"
-        # Apart, each is one step down the table's b-tree; together they would read every row.
-        (first,) = self._connection.execute("SELECT min(row) FROM results").fetchone()
-        (last,) = self._connection.execute("SELECT max(row) FROM results").fetchone()
-        following = "SELECT min(row) FROM results WHERE row > ?"
-        start = first
-        while start is not None:
-            bounds = (start, min(start + batch_rows - 1, last))
-            # The next range starts at the next row recorded, however far: resumed and stopped
-            # runs leave gaps.
-            (start,) = self._connection.execute(following, (bounds[1],)).fetchone()
-            # A range of rowids is read in rowid order: each column's values come in row order.
-            size, *values = self._connection.execute(query, bounds).fetchone()
-            texts: dict[str, Any] = {}
-            given = iter(values)
-            for name in RESULT_COLUMNS[1:]:
-                if name not in _NULLABLE_RESULTS:
-                    texts[name] = next(given)
-                    continue
-                present = json.loads(next(given))
-                where = None
-                if 0 < len(present) < size:
-                    where = self._column_text("row", bounds, f"{name} IS NOT NULL")
-                texts[name] = (present, where)
-            if size == bounds[1] - bounds[0] + 1:
-                texts["row"] = range(bounds[0], bounds[1] + 1)
-            else:
-                texts["row"] = self._column_text("row", bounds)
-            if texts["conversation_id"].count(_SEPARATOR) != size - 1:
-                # A cell holding the separator itself (an id as written, say): as JSON.
-                texts["conversation_id"] = json.loads(
-                    self._column_text("conversation_id", bounds, as_json=True)
-                )
-            yield size, texts
-
-    def _column_text(
-        self, name: str, bounds: tuple[int, int], where: str = "1", as_json: bool = False
-    ) -> str:
-        aggregate = f"json_group_array({name})" if as_json else _joined(name)
-        query = f"SELECT {aggregate} FROM results WHERE row BETWEEN ? AND ? AND {where}"
-        text: str = self._connection.execute(query, bounds).fetchone()[0]
-        return text
+        returned and before as the JSON text kept), streamed, with no Python object per row
+        (see `journal_batches.result_batches`: a million rows take about a second)."""
+        return result_batches(self._connection, batch_rows)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._connection)
-
-
-_INTEGER_RESULTS = frozenset({"row", "http_status", "attempts"})
-
-
-#: Joins the values of a text column that is never null (see `result_batches`).
-_SEPARATOR = "\x1f"
-
-
-def _joined(name: str) -> str:
-    """The SQL aggregate handing a column of the results table over as its values joined."""
-    separator = "','" if name in _INTEGER_RESULTS else "char(31)"
-    return f"group_concat({name}, {separator})"
-
-
-_Item = TypeVar("_Item")
-
-
-def _prefetched(items: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
-    """`items`, produced on a thread of its own, at most `depth` ahead of the consumer."""
-    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def hand_over(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over((False, item)):
-                    return
-            hand_over((True, None))
-        except BaseException as error:  # raised on the consumer's thread
-            hand_over((True, error))
-
-    thread = threading.Thread(target=produce, name="journal-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            done, item = ready.get()
-            if done:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-_NULLABLE_RESULTS = frozenset(
-    {"http_status", "error_code", "error_message", "returned", "difference", "before"}
-)
-
-
-def _result_type(name: str) -> pyarrow.DataType:
-    import pyarrow as pa
-
-    return pa.int64() if name in _INTEGER_RESULTS else pa.string()
-
-
-def _joined_column(name: str, size: int, text: str | list[str]) -> pyarrow.Array:
-    """A column of `size` values given as their text joined by "," (integers) or _SEPARATOR
-    (see `_joined`), or as a list of them."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind = _result_type(name)
-    if isinstance(text, list):
-        column = arrays.strings(text)
-    else:
-        separator = "," if kind == pa.int64() else _SEPARATOR
-        column = pc.split_pattern(arrays.strings([text]), separator).flatten()
-    if len(column) != size:
-        raise sqlite3.DatabaseError(f"{name}: {len(column)} values for {size} rows")
-    return column if kind == pa.string() else pc.cast(column, kind)
-
-
-def _sparse_column(
-    name: str, size: int, rows: pyarrow.Array, present: list[Any], where: str | None
-) -> pyarrow.Array:
-    """A column that may be null, from the values `present`, at the row numbers `where`
-    (joined by ",") when there are fewer than `size`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind = _result_type(name)
-    if not present:
-        return pa.nulls(size, kind)
-    values = arrays.integers(present) if kind == pa.int64() else arrays.strings(present)
-    if where is None:
-        return values
-    # Each row's position among the rows that have a value: null where it has none.
-    numbers = pc.split_pattern(arrays.strings([where]), ",").flatten()
-    at = pc.index_in(rows, value_set=pc.cast(numbers, pa.int64()))
-    taken: pyarrow.Array = pc.take(values, at)
-    return taken
-
-
-def _result_batch(columns: list[pyarrow.Array]) -> pyarrow.RecordBatch:
-    import pyarrow as pa
-
-    schema = pa.schema([(name, _result_type(name)) for name in RESULT_COLUMNS])
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def _ascending(rows: pyarrow.Array) -> bool:
-    import pyarrow.compute as pc
-
-    if len(rows) < 2:
-        return True
-    steps = pc.subtract(rows.slice(1), rows.slice(0, len(rows) - 1))
-    return bool(pc.min(steps).as_py() > 0)
-
-
-class _Rows(NamedTuple):
-    """Rows for the results table: the SQL of one row's VALUES and its values, flat."""
-
-    values_sql: str
-    width: int
-    values: list[Any]
-
-    def insert_into(self, connection: sqlite3.Connection) -> None:
-        # Binding is what costs: a statement of many rows' VALUES is bound and run once per
-        # _ROWS_PER_INSERT rows, a third faster than a statement per row.
-        head = (
-            "INSERT OR REPLACE INTO results (row, conversation_id, outcome, attempts, "
-            "error_message, change) VALUES "
-        )
-        step = _ROWS_PER_INSERT * self.width
-        whole = len(self.values) // step * step
-        if whole:
-            statement = head + ",".join([self.values_sql] * _ROWS_PER_INSERT)
-            parts = (self.values[at : at + step] for at in range(0, whole, step))
-            connection.executemany(statement, parts)
-        if whole < len(self.values):
-            rest = (len(self.values) - whole) // self.width
-            connection.execute(head + ",".join([self.values_sql] * rest), self.values[whole:])
-
-
-#: Rows per INSERT statement: 500 bound values at most, under any SQLite's limit (999).
-_ROWS_PER_INSERT = 100
-
-
-def _interleaved(columns: list[list[Any]]) -> list[Any]:
-    """The values of `columns` row by row, in one flat list (made by slice assignment)."""
-    width = len(columns)
-    values: list[Any] = [None] * (width * len(columns[0]))
-    for position, column in enumerate(columns):
-        values[position::width] = column
-    return values
-
-
-class _ColumnBatch(NamedTuple):
-    """A batch of columns to record (see `record_columns`): its inserts, its rows per outcome,
-    its first and last row, and whether its rows ascend (so none repeats)."""
-
-    inserts: list[_Rows]
-    outcomes: dict[str, int]
-    first_row: int
-    last_row: int
-    ascending: bool
-
-
-def _column_batch(columns: Mapping[str, pyarrow.Array]) -> _ColumnBatch:
-    import pyarrow.compute as pc
-
-    rows = columns["row"]
-    outcomes = {
-        entry["values"]: entry["counts"]
-        for entry in pc.value_counts(columns["outcome"]).to_pylist()
-    }
-    if not len(rows):
-        return _ColumnBatch([], outcomes, 0, 0, True)
-    bounds = pc.min_max(rows)
-    return _ColumnBatch(
-        _column_inserts(columns),
-        outcomes,
-        bounds["min"].as_py(),
-        bounds["max"].as_py(),
-        _ascending(rows),
-    )
-
-
-def _column_inserts(columns: Mapping[str, pyarrow.Array]) -> list[_Rows]:
-    """The rows that record a batch of columns (see `record_columns`)."""
-    import pyarrow.compute as pc
-
-    outcomes, messages = columns["outcome"], columns["error_message"]
-
-    def values(mask: pyarrow.Array, *names: str) -> list[Any]:
-        return _interleaved([pc.filter(columns[name], mask).to_pylist() for name in names])
-
-    # The rows without a message (most) say NULL in SQL and their outcome as a literal, one
-    # statement per outcome: fewer values to bind. The other rows come after them.
-    inserts = []
-    plain = pc.is_null(messages)
-    for entry in pc.value_counts(pc.filter(outcomes, plain)).to_pylist():
-        outcome = Outcome(entry["values"]).value  # an enum value: safe in SQL text
-        same = pc.and_(plain, pc.equal(outcomes, arrays.string(outcome)))
-        row_sql = f"(?, ?, '{outcome}', 0, NULL, ?)"
-        inserts.append(_Rows(row_sql, 3, values(same, "row", "conversation_id", "change")))
-    if messages.null_count < len(messages):
-        names = ("row", "conversation_id", "outcome", "error_message", "change")
-        inserts.append(_Rows("(?, ?, ?, 0, ?, ?)", 5, values(pc.invert(plain), *names)))
-    return inserts
-
-
-class ColumnsWriter:
-    """Records batches of columns (`Journal.record_columns`) on a thread of its own, at most two
-    batches behind the caller, who turns each batch into Python rows: what the writer's thread
-    does is SQLite's, which runs without the GIL for each row, so the caller makes its next
-    batch meanwhile. An error on the writer's thread is raised to the caller by the next
-    `record` or by `close`."""
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-        self._queue: queue.Queue[_ColumnBatch | None] = queue.Queue(maxsize=2)
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="journal-writer", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (inserts := self._queue.get()) is not None:
-            if self._failure is None:
-                try:
-                    self._journal._insert(inserts)
-                except BaseException as error:  # raised on the caller's thread
-                    self._failure = error
-
-    def record(self, columns: Mapping[str, pyarrow.Array]) -> None:
-        if self._failure is not None:
-            raise self._failure
-        self._queue.put(_column_batch(columns))
-
-    def close(self) -> None:
-        """Wait until every batch given is committed; raise what failed, if anything."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if self._failure is not None:
-            raise self._failure
 
 
 class _Transaction:
@@ -712,53 +347,3 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._connection.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def stored_values(result: RowResult) -> tuple[Any, ...]:
-    """A result as the journal stores it: RESULT_COLUMNS, the mappings as JSON text."""
-    return (
-        result.row,
-        result.conversation_id,
-        result.outcome.value,
-        result.http_status,
-        result.attempts,
-        result.error_code,
-        result.error_message,
-        json.dumps(result.change.values),
-        None if result.returned is None else json.dumps(dict(result.returned)),
-        result.difference,
-        None if result.before is None else json.dumps(dict(result.before)),
-    )
-
-
-def _from_record(record: tuple[Any, ...]) -> RowResult:
-    (
-        row,
-        conversation_id,
-        outcome,
-        status,
-        attempts,
-        code,
-        message,
-        change,
-        returned,
-        diff,
-        before,
-    ) = record
-    return RowResult(
-        row,
-        conversation_id,
-        Outcome(outcome),
-        change=_change(change),
-        http_status=status,
-        attempts=attempts,
-        error_code=code,
-        error_message=message,
-        returned=None if returned is None else json.loads(returned),
-        difference=diff,
-        before=None if before is None else json.loads(before),
-    )
-
-
-def _change(text: str) -> Change:
-    return Change(tuple(tuple(pair) for pair in json.loads(text)))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core import arrays
 from pipeline.core.models import FIELDS, RowResult
-from pipeline.stages.journal import RESULT_COLUMNS, stored_values
+from pipeline.stages.journal_schema import RESULT_COLUMNS, stored_values
 
 if TYPE_CHECKING:
     import pyarrow

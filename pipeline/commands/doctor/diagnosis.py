@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.api.client import check_base_url
 from pipeline.api.quota import QuotaLedger
+from pipeline.api.wire import check_base_url
 from pipeline.commands.doctor.answer_judges import (
     CONTENT_RANGE_DOCS,
     ERROR_BODY_DOCS,

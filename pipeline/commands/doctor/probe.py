@@ -8,9 +8,10 @@ from collections.abc import Mapping
 
 import httpx
 
-from pipeline.api.client import SELECT, _error_details, exchange, make_transport
+from pipeline.api.client import SELECT, _error_details
 from pipeline.api.quota import QuotaExhausted, QuotaLedger
 from pipeline.api.request_path import RequestPath, RunControl
+from pipeline.api.wire import exchange, make_transport
 from pipeline.commands.doctor.observation import (
     RATE_LIMIT_HEADERS,
     Observation,
