@@ -1,10 +1,11 @@
-"""The generated parts of docs/commands.md and docs/sandbox.md, run by cog.
+"""The generated parts of docs/commands.md, docs/jobs.md and docs/sandbox.md, run by cog.
 
-The flag tables come from the argparse parser (`pipeline.cli.main.build_parser()`), and the
-sandbox's switch table from `pipeline.sandbox.config.SandboxConfig`'s fields, so the docs say
-what the code does. Regenerate after changing a flag or a switch:
+The flag tables come from the argparse parser (`pipeline.cli.parser.build_parser()`), whose run
+flags come from RunSettings' fields, as does the job file's key table; the sandbox's switch table
+comes from `pipeline.sandbox.config.SandboxConfig`'s fields, so the docs say what the code does.
+Regenerate after changing a flag, a run option or a switch:
 
-    .venv/bin/cog -r docs/commands.md docs/sandbox.md
+    .venv/bin/cog -r docs/commands.md docs/jobs.md docs/sandbox.md
 
 tests/test_docs.py fails while the pages differ from what this module writes.
 """
@@ -15,7 +16,9 @@ import argparse
 import dataclasses
 from collections.abc import Iterator
 
-from pipeline.cli.main import build_parser
+from pipeline.cli.parser import build_parser
+from pipeline.orchestrator.options import RunOption
+from pipeline.orchestrator.settings import run_options
 from pipeline.sandbox.config import switch_fields
 
 _GROUP_NAMES = {"positional arguments": "arguments", "options": "other flags"}
@@ -156,3 +159,17 @@ def sandbox_switch_table() -> str:
     if missing:
         raise LookupError(f"SandboxConfig fields without a flag: {missing}")
     return "\n".join(lines) + "\n"
+
+
+def option_row(option: RunOption) -> str:
+    """A run option's row of docs/jobs.md: its job key, its flag and what it does."""
+    return f"| `{option.job_key}` | `{option.flag}` | {_cell(option.help)} |"
+
+
+def job_option_table() -> str:
+    """Every run option: where a job file gives it and the flag that overrides it."""
+    lines = ["| job file key | flag | what it does |", "|---|---|---|"]
+    tables = ("source", "limits", "safety", "output", "api")  # the file's order
+    options = sorted(run_options(), key=lambda option: tables.index(option.table))
+    lines += [option_row(option) for option in options]
+    return "\n" + "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ _PUBLIC = {
     "apply_plan": "pipeline.orchestrator.runner",
     "run_status": "pipeline.orchestrator.runner",
     "export_report": "pipeline.orchestrator.runner",
-    "load_job": "pipeline.commands.jobs",
+    "load_job": "pipeline.commands.job_file",
     "plan_job": "pipeline.commands.jobs",
     "run_job": "pipeline.commands.jobs",
     "run_job_async": "pipeline.commands.jobs",
@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # the names as type checkers and editors see them (`X as X`: re-exported)
     from pipeline.api.quota import QuotaExhausted as QuotaExhausted
     from pipeline.commands.doctor.diagnosis import diagnose as diagnose
-    from pipeline.commands.jobs import load_job as load_job
+    from pipeline.commands.job_file import load_job as load_job
     from pipeline.commands.jobs import plan_job as plan_job
     from pipeline.commands.jobs import run_job as run_job
     from pipeline.commands.jobs import run_job_async as run_job_async

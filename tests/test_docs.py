@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cogapp import Cog
 
-from pipeline.cli.main import build_parser
+from pipeline.cli.parser import build_parser
 from pipeline.sandbox.config import switch_fields
 from tests.helpers import REPO
 

@@ -12,8 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli.main import build_parser, job_flags, main
-from pipeline.commands.jobs import OPTION_NAMES, JobSummary, load_job, plan_job, run_job
+from pipeline.cli.job_command import job_flags
+from pipeline.cli.main import main
+from pipeline.cli.parser import build_parser
+from pipeline.commands.job_file import OPTION_NAMES, load_job
+from pipeline.commands.jobs import JobSummary, plan_job, run_job
 from pipeline.commands.query_source import (
     CONVERSATION_COLUMNS,
     check_filter,

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.commands import notify
-from pipeline.commands.jobs import load_job
+from pipeline.commands.job_file import load_job
 from pipeline.commands.notify import Notifier, conditions, deliver, notify_run
 from pipeline.core.errors import AuthError
 from pipeline.core.models import Outcome

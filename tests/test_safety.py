@@ -29,7 +29,8 @@ import httpx
 import pytest
 
 from pipeline.api.client import MateoClient
-from pipeline.commands.jobs import load_job, plan_job
+from pipeline.commands.job_file import load_job
+from pipeline.commands.jobs import plan_job
 from pipeline.core.errors import InputError, SafetyError
 from pipeline.core.models import Change, ConversationIds
 from pipeline.orchestrator.runner import RunSettings, apply_plan, run

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.cli.main import build_parser, main
+from pipeline.cli.main import main
+from pipeline.cli.parser import build_parser
 from pipeline.sandbox import SandboxConfig
 from pipeline.sandbox.command import flag_for
 

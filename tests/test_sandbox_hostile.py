@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli.main import build_parser
+from pipeline.cli.parser import build_parser
 from pipeline.sandbox import Sandbox, SandboxConfig
 from pipeline.sandbox.command import config_from_args
 

@@ -16,7 +16,7 @@ from pipeline.stages.report import InputCells
 from pipeline.stages.report_columns import BATCH_ROWS, cell
 
 if TYPE_CHECKING:
-    from pipeline.stages.reader import InputFile
+    from pipeline.stages.input.input_file import InputFile
 
 
 #: Columns of the failures file: a valid input for another run, with why each row failed;
