@@ -7,12 +7,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from trio.testing import MockClock
 
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSettings, RunSummary, run
-from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
+from pipeline.orchestrator.runner import RunSettings, RunSummary, run, run_async
+from pipeline.sandbox import (
+    Sandbox,
+    SandboxConfig,
+    SandboxState,
+    create_app,
+    default_dataset,
+    running_sandbox,
+)
 from tests.helpers import AGENTS, INBOXES, read_report, write_csv
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000001"
@@ -191,20 +200,44 @@ def test_rate_limit_429s_are_retried_after_retry_after(api: Sandbox, tmp_path: P
     assert api.stats()["rate_limited"] > 0
 
 
-def test_paced_at_the_limit_meets_no_429(api: Sandbox, tmp_path: Path) -> None:
-    """--rate equal to the server's limit (burst 1): no request is refused."""
-    api.configure(rate=10.0, burst=1)
-    summary = run(
-        settings_for(
-            api,
-            write_csv(tmp_path / "in.csv", many_rows(api, 20)),
-            batch_size=1,
-            rate=10.0,
-            concurrency=4,
-        )
+def test_paced_at_the_limit_meets_no_429(tmp_path: Path) -> None:
+    """--rate equal to the server's limit (burst 1): no request is refused.
+
+    The run and the sandbox share one event loop on a virtual clock (trio's MockClock), which
+    is also the clock of the sandbox's token bucket: on real time over loopback, a machine busy
+    with other work delays one request's arrival more than the next one's, and the bucket sees
+    two requests closer together than the pacer sent them.
+    """
+    config = SandboxConfig(rate=10.0, burst=1)
+    rows = [row for row in default_dataset().rows if row["status"] != "closed"][:20]
+    assert len(rows) == 20
+    lines = [
+        {"conversation_id": str(row["id"]), "inbox_id": INBOXES[n % 3], "status": "closed"}
+        for n, row in enumerate(rows)
+    ]
+    settings = RunSettings(
+        input=write_csv(tmp_path / "in.csv", lines),
+        token=config.token,
+        base_url="http://127.0.0.1/api/v1",  # never dialled: the transport is the app
+        rate=10.0,
+        timeout=5.0,
+        run_dir=tmp_path / "run",
+        max_group_wait=0.05,
+        batch_size=1,
+        concurrency=4,
+    )
+
+    async def main() -> tuple[RunSummary, dict[str, Any]]:
+        state = SandboxState(default_dataset(), clock=anyio.current_time)
+        transport = httpx.ASGITransport(app=create_app(config, state))
+        return await run_async(settings, transport=transport), state.stats()
+
+    summary, stats = anyio.run(
+        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
     )
     assert summary.counts[Outcome.UPDATED] == 20
-    assert api.stats()["rate_limited"] == 0
+    assert stats["rate_limited"] == 0
+    assert stats["safety_violations"] == 0
 
 
 @pytest.mark.parametrize("status", [401, 403])
