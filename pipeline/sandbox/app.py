@@ -151,14 +151,19 @@ class SandboxApp:
             self._wakeup = None
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0 or self._closing:
-            return
-        if self._wakeup is None:
-            self._wakeup = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-        except TimeoutError:
-            pass
+        # asyncio may fire a timer up to its clock resolution early: a cut-off that answers
+        # before its delay is over would be kinder than the proxy it stands for, so the
+        # delay is waited out against the loop's clock.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._closing and (remaining := deadline - loop.time()) > 0:
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                return  # woken: the delays were cut short
+            except TimeoutError:
+                pass
 
     # --- ASGI ----------------------------------------------------------------------------
 
