@@ -738,13 +738,19 @@ def _kill_when_due(
 
 
 def _journaled_ids(run_dir: Path) -> frozenset[str] | None:
-    """Ids with a final result in the journal (what a resumed run must not send again)."""
+    """Ids with a final result in the journal (what a resumed run must not send again).
+
+    An invalid row is journaled before anything is sent and never goes out: its id says nothing
+    of another row of the same conversation, whose PATCH may still be in flight at a kill.
+    """
     path = run_dir / "journal.sqlite"
     if not path.exists():
         return frozenset()
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            query = "SELECT conversation_id FROM results WHERE outcome != 'skipped'"
+            query = (
+                "SELECT conversation_id FROM results WHERE outcome NOT IN ('skipped', 'invalid')"
+            )
             return frozenset(_normalised(row[0]) for row in connection.execute(query))
     except sqlite3.Error:
         return None
