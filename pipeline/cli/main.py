@@ -15,20 +15,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from pipeline import __version__
 from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL, TRANSPORTS
 from pipeline.api.quota import DEFAULT_DAILY_QUOTA
 from pipeline.core.errors import AuthError, InputError, MateoBulkError, RunStopped, SafetyError
-from pipeline.orchestrator.runner import (
-    RunSettings,
-    RunSummary,
-    export_report,
-    resume,
-    run,
-    run_status,
-)
+from pipeline.orchestrator.runner import RunSettings, resume, run
+from pipeline.orchestrator.status import export_report, run_status
+from pipeline.orchestrator.summary import RunSummary
 from pipeline.stages.validate import parse_fixed_values
 
 TOKEN_VARIABLE = "MATEO_API_TOKEN"
@@ -750,7 +745,9 @@ def _apply_command(args: argparse.Namespace) -> int:
             # apply sends the plan's change rows as they are: no snapshot skips any of them.
             exact = dataclasses.replace(settings, snapshot=False)
             confirm = _confirmation(exact, display) if _may_ask(args) else None
-            summary = apply_plan(args.input, settings, on_progress=display, confirm=confirm)
+            summary = apply_plan(
+                args.input, settings, on_progress=display, confirm=confirm, **_as_a_command()
+            )
     _print_summary(summary)
     return summary.exit_code
 
@@ -791,12 +788,37 @@ def _run_with_display(
         events = JsonEvents()
         events.start(command="run", input=settings.input, dry_run=settings.dry_run)
         confirm = _confirmation(settings) if ask else None
-        summary = run(settings, on_progress=None if quiet else events, confirm=confirm)
+        summary = run(
+            settings,
+            on_progress=None if quiet else events,
+            confirm=confirm,
+            stdin=_stdin_for(settings),
+            **_as_a_command(),
+        )
         events.summary(summary)
         return summary
     with _progress_display(quiet) as display:
         confirm = _confirmation(settings, display) if ask else None
-        return run(settings, on_progress=display, confirm=confirm)
+        return run(
+            settings,
+            on_progress=display,
+            confirm=confirm,
+            stdin=_stdin_for(settings),
+            **_as_a_command(),
+        )
+
+
+def _as_a_command() -> dict[str, Any]:
+    """What a run takes from the process when the CLI starts it: SIGINT/SIGTERM stop it, and
+    it starts from the answers `mateo-bulk doctor` stored for the account."""
+    from pipeline.api.account import load_answers
+
+    return {"handle_signals": True, "stored_answers": load_answers}
+
+
+def _stdin_for(settings: RunSettings) -> BinaryIO | None:
+    """The CLI's stdin, for an input of "-"."""
+    return sys.stdin.buffer if str(settings.input) == "-" else None
 
 
 def _may_ask(args: argparse.Namespace) -> bool:
@@ -889,7 +911,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
 
     def run_notified(plan: jobs.JobPlan, **hooks: Any) -> jobs.JobSummary:
         try:
-            return jobs.run_job(plan, **hooks)
+            return jobs.run_job(plan, **hooks, **_as_a_command())
         except (RunStopped, SafetyError) as error:
             # A stop before the run could sum up (in the query's GETs) is worth an alert too.
             notify_stopped(
@@ -1002,6 +1024,7 @@ def _resume_command(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             report=args.report,
             overrides=overrides,
+            **_as_a_command(),
         )
         if args.log_format == "json":
             from pipeline.commands.events import JsonEvents

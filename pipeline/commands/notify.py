@@ -36,7 +36,7 @@ from pipeline import __version__
 from pipeline.api.client import in_clear_text
 from pipeline.core.errors import InputError, RunStopped, SafetyError
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSummary
+from pipeline.orchestrator.summary import RunSummary
 
 if TYPE_CHECKING:
     from pipeline.commands.jobs import JobSummary

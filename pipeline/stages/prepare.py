@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,14 @@ class Duplicates:
     #: first row -> later rows asking the same: sent once, reported on each row.
     followers_of: dict[int, list[int]]
     follower_rows: frozenset[int]
+
+    def with_followers(self, results: list[RowResult]) -> list[RowResult]:
+        """`results` and, for each, the same result on every later row asking the same."""
+        return results + [
+            replace(result, row=row)
+            for result in results
+            for row in self.followers_of.get(result.row, ())
+        ]
 
 
 @dataclass(frozen=True)
