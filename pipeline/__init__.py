@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 #: Where each public name lives: the one list of the library's public face.
 _PUBLIC = {
     "RunSettings": "pipeline.orchestrator.settings",
-    "RunSummary": "pipeline.orchestrator.runner",
+    "RunSummary": "pipeline.orchestrator.summary",
     "run": "pipeline.orchestrator.runner",
     "run_async": "pipeline.orchestrator.runner",
     "resume": "pipeline.orchestrator.runner",
@@ -29,8 +29,8 @@ _PUBLIC = {
     "plan": "pipeline.orchestrator.runner",
     "plan_async": "pipeline.orchestrator.runner",
     "apply_plan": "pipeline.orchestrator.runner",
-    "run_status": "pipeline.orchestrator.runner",
-    "export_report": "pipeline.orchestrator.runner",
+    "run_status": "pipeline.orchestrator.status",
+    "export_report": "pipeline.orchestrator.status",
     "load_job": "pipeline.commands.job_file",
     "plan_job": "pipeline.commands.jobs",
     "run_job": "pipeline.commands.jobs",
@@ -76,14 +76,14 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them (`X as X`: 
     from pipeline.core.errors import RunStopped as RunStopped
     from pipeline.core.errors import SafetyError as SafetyError
     from pipeline.core.errors import TransientError as TransientError
-    from pipeline.orchestrator.runner import RunSummary as RunSummary
     from pipeline.orchestrator.runner import apply_plan as apply_plan
-    from pipeline.orchestrator.runner import export_report as export_report
     from pipeline.orchestrator.runner import plan as plan
     from pipeline.orchestrator.runner import plan_async as plan_async
     from pipeline.orchestrator.runner import resume as resume
     from pipeline.orchestrator.runner import resume_async as resume_async
     from pipeline.orchestrator.runner import run as run
     from pipeline.orchestrator.runner import run_async as run_async
-    from pipeline.orchestrator.runner import run_status as run_status
     from pipeline.orchestrator.settings import RunSettings as RunSettings
+    from pipeline.orchestrator.status import export_report as export_report
+    from pipeline.orchestrator.status import run_status as run_status
+    from pipeline.orchestrator.summary import RunSummary as RunSummary

@@ -227,7 +227,8 @@ def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path) -> None:
 import sys
 import threading
 from pathlib import Path
-from pipeline.orchestrator.runner import RunSettings, export_report, run, run_status
+from pipeline.orchestrator.runner import RunSettings, run
+from pipeline.orchestrator.status import export_report, run_status
 run(RunSettings({str(path)!r}, dry_run=True, run_dir=Path({str(tmp_path / "run")!r}),
                 fixed_values={{"status": "closed"}}))
 run_status({str(tmp_path / "run")!r})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.api.account import store_answers
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from tests.helpers import INBOXES, SAMPLE, read_report, run_cli, write_csv
 
@@ -208,3 +209,25 @@ def test_json_logs_carry_the_token_file_warning_as_an_event(api: Sandbox, tmp_pa
     events = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert any(event["event"] == "warning" and "chmod 600" in event["message"] for event in events)
     assert SECRET not in result.stderr
+
+
+def test_run_starts_at_the_batch_size_doctor_stored(api: Sandbox, tmp_path: Path) -> None:
+    """The CLI passes the stored doctor answers in: the run starts at their batch size (7 rows
+    a PATCH, not 50) and says so."""
+    store_answers(
+        SECRET,
+        {
+            "format": 2,
+            "base_url": api.base_url,
+            "checked_at": "2026-01-02T03:04:05+00:00",
+            "answers": {"recommended_batch_size": 7},
+        },
+    )
+    path = write_csv(tmp_path / "in.csv", some_rows(api, 14))
+    result = run_against(api, path, "--run-dir", tmp_path / "r", "--no-snapshot")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "batch size 7 (not 50): what `mateo-bulk doctor` found this API accepts on "
+        "2026-01-02T03:04:05+00:00"
+    ) in result.stdout + result.stderr
+    assert api.stats()["requests_by_method"].get("PATCH") == 2

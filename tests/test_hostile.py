@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from pipeline.core.errors import RunStopped, SafetyError
-from pipeline.orchestrator.runner import RunSettings, RunSummary, run, run_async
+from pipeline.orchestrator.runner import RunSettings, run, run_async
+from pipeline.orchestrator.summary import RunSummary
 from pipeline.sandbox import Sandbox
 from tests.helpers import read_report, run_cli, write_csv
 

@@ -18,7 +18,7 @@ from pipeline.commands.job_file import load_job
 from pipeline.commands.notify import Notifier, conditions, deliver, notify_run
 from pipeline.core.errors import AuthError
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSummary
+from pipeline.orchestrator.summary import RunSummary
 from pipeline.sandbox import Sandbox
 from tests.helpers import read_report, run_cli, write_csv
 

@@ -236,7 +236,7 @@ def test_the_live_bar_fits_the_terminal_and_shows_the_phase(width: int) -> None:
 
     from pipeline.cli.progress import LiveProgress
     from pipeline.core.models import Outcome
-    from pipeline.orchestrator.runner import Progress
+    from pipeline.orchestrator.summary import Progress
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=True, color_system=None)

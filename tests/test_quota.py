@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.api.account import load_answers
 from pipeline.api.quota import QuotaExhausted, QuotaLedger, parse_reset_time
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
@@ -302,7 +303,8 @@ def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Pat
             rate=None,
             snapshot=False,
             run_dir=tmp_path / "run",
-        )
+        ),
+        stored_answers=load_answers,  # what the CLI passes: a library run reads none unasked
     )
     assert summary.exit_code == 0 and summary.counts[Outcome.UPDATED] == 6
     assert "406" not in api.stats()["requests_by_status"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSettings, resume, run, run_status
+from pipeline.orchestrator.runner import RunSettings, resume, run
+from pipeline.orchestrator.status import run_status
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from pipeline.stages.journal_schema import JOURNAL_VERSION
 from tests.helpers import read_report, run_cli, write_csv

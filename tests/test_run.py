@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,11 @@ import httpx
 import pytest
 from trio.testing import MockClock
 
+from pipeline.api.account import load_answers, store_answers
+from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSettings, RunSummary, run, run_async
+from pipeline.orchestrator.runner import RunSettings, run, run_async
+from pipeline.orchestrator.summary import RunSummary
 from pipeline.sandbox import (
     Sandbox,
     SandboxConfig,
@@ -428,3 +434,85 @@ def test_a_guard_leaves_rows_that_no_longer_match_alone(api: Sandbox, tmp_path: 
     assert api.row(closed_id)["inbox_id"] == before["inbox_id"]
     assert all(api.row(i)["inbox_id"] == target for i in open_ids)
     assert summary.exit_code == 1
+
+
+# --- process state: a library run changes none unless asked -----------------------------------
+
+
+def test_library_run_installs_no_signal_handler_and_leaves_os_environ_unchanged(
+    api: Sandbox, tmp_path: Path
+) -> None:
+    """`run()` from Python leaves SIGINT/SIGTERM and os.environ as it found them, during the
+    run and after; `handle_signals=True` (what the CLI passes) is what installs the handlers.
+
+    During any `anyio.run`, asyncio's own runner turns SIGINT into a KeyboardInterrupt as
+    Python does (and puts the handler back after): SIGTERM, which a run handling signals takes
+    with SIGINT, is what shows whether the run installed any.
+    """
+    signals = (signal.SIGINT, signal.SIGTERM)
+    handlers = {signum: signal.getsignal(signum) for signum in signals}
+    environment = dict(os.environ)
+    seen: list[Any] = []
+
+    def on_progress(progress: Any) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    rows = many_rows(api, 60)
+    summary = run(
+        settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=5),
+        on_progress=on_progress,
+    )
+    assert summary.counts[Outcome.UPDATED] == 60
+    assert len(seen) > 1 and all(during == handlers[signal.SIGTERM] for during in seen)
+    assert {signum: signal.getsignal(signum) for signum in signals} == handlers
+    assert dict(os.environ) == environment
+
+    # The same observation sees the handlers a run asked to handle signals installs.
+    seen.clear()
+    again = tmp_path / "again"
+    again.mkdir()
+    run(
+        settings_for(api, write_csv(again / "in.csv", many_rows(api, 60)), batch_size=5),
+        on_progress=on_progress,
+        handle_signals=True,
+    )
+    assert any(during != handlers[signal.SIGTERM] for during in seen)
+    assert {signum: signal.getsignal(signum) for signum in signals} == handlers
+
+
+def test_library_run_reads_stdin_only_when_given_it(api: Sandbox, tmp_path: Path) -> None:
+    """Input "-" without `stdin=` is refused before anything is made or sent; with it, the
+    rows are kept in the run directory (stdin.csv) and run."""
+    with pytest.raises(InputError, match="stdin"):
+        run(settings_for(api, tmp_path / "unused.csv", input="-"))
+    assert not (tmp_path / "run").exists() and api.stats()["requests"] == 0
+    piped = write_csv(tmp_path / "piped.csv", many_rows(api, 4)).read_bytes()
+    summary = run(settings_for(api, tmp_path / "unused.csv", input="-"), stdin=io.BytesIO(piped))
+    assert summary.counts[Outcome.UPDATED] == 4
+    assert (tmp_path / "run" / "stdin.csv").read_bytes() == piped
+
+
+def test_stored_doctor_answers_are_used_only_when_passed_in(api: Sandbox, tmp_path: Path) -> None:
+    """A library run starts at its own batch size; given the stored answers' lookup (as the CLI
+    gives it), at the doctor's, with the notice saying so."""
+    store_answers(
+        api.token,
+        {
+            "format": 2,
+            "base_url": api.base_url,
+            "checked_at": "2026-01-02T03:04:05+00:00",
+            "answers": {"recommended_batch_size": 7},
+        },
+    )
+    plain = run(settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 14))))
+    assert not any("mateo-bulk doctor" in notice for notice in plain.notices)
+    asked = tmp_path / "asked"
+    asked.mkdir()
+    summary = run(
+        settings_for(api, write_csv(asked / "in.csv", many_rows(api, 14))),
+        stored_answers=load_answers,
+    )
+    assert (
+        "batch size 7 (not 50): what `mateo-bulk doctor` found this API accepts on "
+        "2026-01-02T03:04:05+00:00"
+    ) in summary.notices

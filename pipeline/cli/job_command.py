@@ -18,6 +18,7 @@ from pipeline.cli.output import (
 )
 from pipeline.cli.session import (
     NOT_GIVEN,
+    as_a_command,
     confirmation,
     may_ask,
     progress_display,
@@ -83,7 +84,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
 
     def run_notified(plan: jobs.JobPlan, **hooks: Any) -> jobs.JobSummary:
         try:
-            return jobs.run_job(plan, **hooks)
+            return jobs.run_job(plan, **hooks, **as_a_command())
         except (RunStopped, SafetyError) as error:
             # A stop before the run could sum up (in the query's GETs) is worth an alert too.
             notify_stopped(

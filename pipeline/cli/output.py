@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.cli.session import NOT_GIVEN, TOKEN_VARIABLE
 from pipeline.core.errors import AuthError, InputError, RunStopped, SafetyError
-from pipeline.orchestrator.runner import RunSummary
+from pipeline.orchestrator.summary import RunSummary
 
 
 def check_metrics_file(path: str | None) -> None:

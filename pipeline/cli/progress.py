@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import Progress, RunSummary
+from pipeline.core.run_dir import RunDir
+from pipeline.orchestrator.summary import Progress, RunSummary
 
 _SHOWN = (Outcome.UPDATED, Outcome.NOT_FOUND, Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 
@@ -195,7 +196,7 @@ def summary_text(summary: RunSummary) -> str:
         )
     if summary.report_path:
         lines.append(f"report: {summary.report_path}")
-        page = summary.run_dir / "report.html"
+        page = RunDir(summary.run_dir).html_report
         if page.is_file():
             lines.append(f"run report (open in a browser): {page}")
     if summary.failures_path:

@@ -17,22 +17,19 @@ from pipeline.cli.output import (
 )
 from pipeline.cli.session import (
     NOT_GIVEN,
+    as_a_command,
     bundled_sandbox,
     confirmation,
     may_ask,
     progress_display,
     read_token,
     sandbox_for,
+    stdin_for,
 )
-from pipeline.orchestrator.runner import (
-    RunSettings,
-    RunSummary,
-    export_report,
-    resume,
-    run,
-    run_status,
-)
-from pipeline.orchestrator.settings import run_options
+from pipeline.orchestrator.runner import resume, run
+from pipeline.orchestrator.settings import RunSettings, run_options
+from pipeline.orchestrator.status import export_report, run_status
+from pipeline.orchestrator.summary import RunSummary
 from pipeline.stages.validate import parse_fixed_values
 
 
@@ -104,7 +101,9 @@ def apply_command(args: argparse.Namespace) -> int:
             # apply sends the plan's change rows as they are: no snapshot skips any of them.
             exact = dataclasses.replace(settings, snapshot=False)
             confirm = confirmation(exact, display) if may_ask(args) else None
-            summary = apply_plan(args.input, settings, on_progress=display, confirm=confirm)
+            summary = apply_plan(
+                args.input, settings, on_progress=display, confirm=confirm, **as_a_command()
+            )
     print_summary(summary)
     return summary.exit_code
 
@@ -118,12 +117,24 @@ def _run_with_display(
         events = JsonEvents()
         events.start(command="run", input=settings.input, dry_run=settings.dry_run)
         confirm = confirmation(settings) if ask else None
-        summary = run(settings, on_progress=None if quiet else events, confirm=confirm)
+        summary = run(
+            settings,
+            on_progress=None if quiet else events,
+            confirm=confirm,
+            stdin=stdin_for(settings),
+            **as_a_command(),
+        )
         events.summary(summary)
         return summary
     with progress_display(quiet) as display:
         confirm = confirmation(settings, display) if ask else None
-        return run(settings, on_progress=display, confirm=confirm)
+        return run(
+            settings,
+            on_progress=display,
+            confirm=confirm,
+            stdin=stdin_for(settings),
+            **as_a_command(),
+        )
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -152,6 +163,7 @@ def resume_command(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             report=args.report,
             overrides=overrides,
+            **as_a_command(),
         )
         if args.log_format == "json":
             from pipeline.commands.events import JsonEvents

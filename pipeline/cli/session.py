@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.core.errors import InputError
 from pipeline.orchestrator.settings import RunSettings
@@ -128,3 +128,16 @@ def confirmation(settings: RunSettings, display: Any = None) -> Callable[[int], 
         return answer.strip().lower() in ("y", "yes")
 
     return confirm
+
+
+def as_a_command() -> dict[str, Any]:
+    """What a run takes from the process when the CLI starts it: SIGINT/SIGTERM stop it, and
+    it starts from the answers `mateo-bulk doctor` stored for the account."""
+    from pipeline.api.account import load_answers
+
+    return {"handle_signals": True, "stored_answers": load_answers}
+
+
+def stdin_for(settings: RunSettings) -> BinaryIO | None:
+    """The CLI's stdin, for an input of "-"."""
+    return sys.stdin.buffer if str(settings.input) == "-" else None

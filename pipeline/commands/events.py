@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.core.errors import MateoBulkError, RunStopped
-from pipeline.orchestrator.runner import Progress, RunSummary
+from pipeline.orchestrator.summary import Progress, RunSummary
 
 if TYPE_CHECKING:
     from pipeline.commands.jobs import JobSummary

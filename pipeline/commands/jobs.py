@@ -31,24 +31,20 @@ from pipeline.commands.job_file import JOB_DEFAULTS, OPTION_NAMES, FileSource, J
 from pipeline.commands.notify import CONDITIONS, Notifier
 from pipeline.commands.notify import notifier_from_flag as _notifier_from_flag
 from pipeline.commands.notify import resolve_url as _resolve_url
-from pipeline.commands.query_source import IDS_FILE, ResolvedQuery, SelectedIds, select_ids
+from pipeline.commands.query_source import ResolvedQuery, SelectedIds, select_ids
 from pipeline.commands.query_source import resolve_query as _resolve_query
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
+from pipeline.core.run_dir import RunDir, default_run_dir
+from pipeline.orchestrator.event_loop import refuse_running_loop
+from pipeline.orchestrator.execute import AnswersLookup
 from pipeline.orchestrator.options import Invalid
-from pipeline.orchestrator.runner import (
-    Confirm,
-    ProgressCallback,
-    RunSettings,
-    RunSummary,
-    default_run_dir,
-    refuse_running_loop,
-    run_async,
-)
-from pipeline.orchestrator.settings import check_placeholders, run_options
+from pipeline.orchestrator.runner import run_async
+from pipeline.orchestrator.settings import RunSettings, check_placeholders, run_options
+from pipeline.orchestrator.summary import Confirm, ProgressCallback, RunSummary
 from pipeline.stages.input.opening import open_input
-from pipeline.stages.journal import JOURNAL_NAME
 from pipeline.stages.report import write_report
+from pipeline.stages.session_files import report_path
 from pipeline.stages.validate import parse_fixed_values
 
 #: Outcomes that count against `max_failed_share`. `conflict` does not: the guard did its job.
@@ -153,7 +149,7 @@ def plan_job(
     query = None
     if isinstance(spec.source, QuerySource):
         query = _resolve_query(spec.source.filters, now)
-        input_path = run_dir / IDS_FILE
+        input_path = RunDir(run_dir).query_ids
     else:
         input_path = spec.source.path
     settings = RunSettings(
@@ -258,8 +254,13 @@ def run_job(
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
+    handle_signals: bool = False,
+    stored_answers: AnswersLookup | None = None,
 ) -> JobSummary:
-    """Run a planned job to its end (or a stop); InputError before anything is sent."""
+    """Run a planned job to its end (or a stop); InputError before anything is sent.
+
+    `handle_signals` and `stored_answers` are those of `pipeline.run`: the CLI sets both.
+    """
     refuse_running_loop("run_job")
     return anyio.run(
         functools.partial(
@@ -269,6 +270,8 @@ def run_job(
             on_selected=on_selected,
             transport=transport,
             confirm=confirm,
+            handle_signals=handle_signals,
+            stored_answers=stored_answers,
         )
     )
 
@@ -280,13 +283,21 @@ async def run_job_async(
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
+    handle_signals: bool = False,
+    stored_answers: AnswersLookup | None = None,
 ) -> JobSummary:
     """The same as `run_job`, inside a running event loop."""
     settings = plan.settings
+    start_run = functools.partial(
+        run_async,
+        on_progress=on_progress,
+        transport=transport,
+        confirm=confirm,
+        handle_signals=handle_signals,
+        stored_answers=stored_answers,
+    )
     if plan.query is None:
-        summary = await run_async(
-            settings, on_progress=on_progress, transport=transport, confirm=confirm
-        )
+        summary = await start_run(settings)
         return JobSummary(plan, summary)
     settings.check()
     if not settings.token:
@@ -297,7 +308,7 @@ async def run_job_async(
     check_base_url(settings.base_url)
     run_dir = settings.run_dir
     assert run_dir is not None
-    if (run_dir / JOURNAL_NAME).exists() or (run_dir / IDS_FILE).exists():
+    if RunDir(run_dir).journal.exists() or RunDir(run_dir).query_ids.exists():
         raise InputError(
             f"{run_dir} already holds a run: continue it with `mateo-bulk resume {run_dir}` "
             "or choose another run_dir (a {timestamp} placeholder keeps them apart)"
@@ -311,7 +322,7 @@ async def run_job_async(
         if selected.rows == 0:
             # The reader refuses a file without rows; an empty selection is the normal answer
             # of a job run again, so it ends here: an empty report, nothing sent but the GETs.
-            report = Path(settings.report) if settings.report else run_dir / "report.csv"
+            report = report_path(run_dir, settings.report)
             await anyio.to_thread.run_sync(write_report, [], report)
             return JobSummary(plan, None, selected, report)
         if settings.max_requests is not None:
@@ -323,9 +334,7 @@ async def run_job_async(
                     f"{settings.max_requests}; raise it and start the job again"
                 )
             settings = dataclasses.replace(settings, max_requests=left)
-        summary = await run_async(
-            settings, on_progress=on_progress, transport=transport, confirm=confirm
-        )
+        summary = await start_run(settings)
     except InputError:
         # Nothing was changed; a run directory holding only the ids would block the next run.
         if made_run_dir:

@@ -29,7 +29,7 @@ from pipeline.core.models import Outcome
 
 if TYPE_CHECKING:
     from pipeline.commands.jobs import JobSummary
-    from pipeline.orchestrator.runner import RunSummary
+    from pipeline.orchestrator.summary import RunSummary
 
 #: node_exporter's textfile collector reads files with this suffix only.
 SUFFIX = ".prom"

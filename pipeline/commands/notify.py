@@ -35,7 +35,7 @@ from pipeline import __version__
 from pipeline.api.wire import in_clear_text
 from pipeline.commands.notify_text import job_text, payload, run_text, stopped_text
 from pipeline.core.errors import InputError, RunStopped, SafetyError
-from pipeline.orchestrator.runner import RunSummary
+from pipeline.orchestrator.summary import RunSummary
 
 if TYPE_CHECKING:
     from pipeline.commands.jobs import JobSummary

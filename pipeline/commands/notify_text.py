@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.core.errors import RunStopped, SafetyError
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSummary
+from pipeline.orchestrator.summary import RunSummary
 
 if TYPE_CHECKING:
     from pipeline.commands.jobs import JobSummary

@@ -23,12 +23,11 @@ import httpx
 from pipeline.api.client import MateoClient
 from pipeline.api.request_path import RequestPath, RunControl
 from pipeline.core.models import CONVERSATION_COLUMNS, normalise_uuid
+from pipeline.core.run_dir import RunDir
 from pipeline.orchestrator.settings import RunSettings
 
 OPERATORS: tuple[str, ...] = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
 _IS_VALUES = ("null", "not_null", "true", "false", "unknown")
-IDS_FILE = "query-ids.csv"
-QUERY_FILE = "query.json"
 
 _RELATIVE_DATE = re.compile(r"\{(now|today)(?:([+-])(\d+)([mhdw]))?\}")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
@@ -207,7 +206,7 @@ async def select_ids(
     RemoteError (an answer no retry fixes); nothing is changed by a query.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    ids_path = run_dir / IDS_FILE
+    ids_path = RunDir(run_dir).query_ids
     control = RunControl()
     ledger = settings.ledger()
     ids: list[str] = []
@@ -243,7 +242,7 @@ async def select_ids(
         await anyio.sleep(1 / settings.rate)
     await anyio.to_thread.run_sync(_write_ids, ids_path, ids)
     record = {**query.to_json(), "rows": len(ids), "requests": requests, "retries": retries}
-    (run_dir / QUERY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    RunDir(run_dir).query_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return SelectedIds(query, ids_path, len(ids), requests, retries)
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
+from pipeline.core.run_dir import RunDir
 from pipeline.stages.input.columns import MAPPABLE_FIELDS, resolve_columns
 from pipeline.stages.input.input_file import first_line
 
@@ -28,12 +29,8 @@ if TYPE_CHECKING:
     import pandas
     import pyarrow
 
-#: The frame's copy in the run directory: what the run reads, and a resume reads again.
-FRAME_FILE = "input.parquet"
 #: How messages name a frame's rows (its copy is a file the user never made).
 FRAME_NAME = "the DataFrame"
-#: A plan given to `apply_plan` as a frame, kept in the run directory as plan files are kept.
-PLAN_FRAME_FILE = "plan-frame.csv"
 PLAN_FRAME_NAME = "the plan DataFrame"
 #: The name a run directory gets from a frame, as one gets its input file's name.
 FRAME_STEM = "dataframe"
@@ -79,8 +76,8 @@ def save_frame(frame: Any, run_dir: Path, column_map: Mapping[str, str]) -> Path
     if table.num_rows == 0:
         raise InputError(f"{FRAME_NAME} has columns but no rows")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / FRAME_FILE
-    partial = path.with_name(f".{FRAME_FILE}.partial")
+    path = RunDir(run_dir).frame
+    partial = path.with_name(f".{path.name}.partial")
     try:
         pq.write_table(table, partial)
     except (pa.ArrowException, ValueError) as error:
@@ -100,7 +97,7 @@ def save_plan_frame(frame: Any, run_dir: Path) -> Path:
 
     table = _as_table(frame)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / PLAN_FRAME_FILE
+    path = RunDir(run_dir).plan_frame
     try:
         pa_csv.write_csv(table, path)
     except (pa.ArrowException, ValueError) as error:

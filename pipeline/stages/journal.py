@@ -12,7 +12,6 @@ is exported from here, so a run resumed any number of times has one line per inp
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
 import time
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
 from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.core.run_dir import JOURNAL_NAME, RunDir
 from pipeline.stages.journal_batches import result_batches
 from pipeline.stages.journal_columns import ColumnBatch, ColumnsWriter, column_batch
 from pipeline.stages.journal_schema import (
@@ -36,7 +36,6 @@ from pipeline.stages.journal_schema import (
 if TYPE_CHECKING:
     import pyarrow
 
-JOURNAL_NAME = "journal.sqlite"
 #: Outcomes that are final: a resumed run does not send these rows again.
 FINAL_OUTCOMES = frozenset(
     {
@@ -83,7 +82,7 @@ class Journal:
 
     @classmethod
     def create(cls, run_dir: Path, meta: dict[str, Any]) -> Journal:
-        path = run_dir / JOURNAL_NAME
+        path = RunDir(run_dir).journal
         if path.exists():
             raise InputError(
                 f"{run_dir} already holds a run: continue it with `mateo-bulk resume {run_dir}` "
@@ -99,7 +98,7 @@ class Journal:
 
     @classmethod
     def open(cls, run_dir: Path) -> Journal:
-        path = Path(run_dir) / JOURNAL_NAME
+        path = RunDir(Path(run_dir)).journal
         if not path.is_file():
             raise InputError(f"{run_dir} is not a run directory (it has no {JOURNAL_NAME})")
         try:
@@ -111,23 +110,11 @@ class Journal:
 
     def lock(self) -> None:
         """Take the run directory for this process; a second process on it is refused."""
-        self._lock_file = (self.run_dir / ".lock").open("a")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise InputError(f"{self.run_dir} is in use by another mateo-bulk process") from None
+        self._lock_file = RunDir(self.run_dir).lock()
 
     def in_use(self) -> bool:
         """Whether a live process holds the run directory (its lock is taken)."""
-        with (self.run_dir / ".lock").open("a") as probe:
-            try:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(probe, fcntl.LOCK_UN)
-            return False
+        return RunDir(self.run_dir).in_use()
 
     def close(self) -> None:
         self._connection.close()

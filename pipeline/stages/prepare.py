@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import arrays
@@ -52,6 +52,14 @@ class Duplicates:
     #: first row -> later rows asking the same: sent once, reported on each row.
     followers_of: dict[int, list[int]]
     follower_rows: frozenset[int]
+
+    def with_followers(self, results: list[RowResult]) -> list[RowResult]:
+        """`results` and, for each, the same result on every later row asking the same."""
+        return results + [
+            replace(result, row=row)
+            for result in results
+            for row in self.followers_of.get(result.row, ())
+        ]
 
 
 @dataclass(frozen=True)

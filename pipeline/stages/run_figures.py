@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.run_dir import RunDir, failures_file, side_file_suffix
 from pipeline.stages.journal import Journal
 
 #: Reasons shown in the failures section, most rows first; the rest are counted.
@@ -120,16 +121,14 @@ def collect_figures(
     counts = {outcome.value: count for outcome, count in journal.counts().items()}
     if report_path is None:
         report_path = Path(settings["report"]) if settings.get("report") else None
-        report_path = report_path or run_dir / "report.csv"
-    suffix = ".parquet" if meta.get("input_format") == "parquet" else ".csv"
+        report_path = report_path or RunDir(run_dir).report
+    suffix = side_file_suffix(meta.get("input_format"))
     if undo_path is None:
-        undo_path = next(
-            (p for p in (run_dir / "undo.csv", run_dir / "undo.parquet") if p.is_file()), None
-        )
+        undo_path = RunDir(run_dir).existing_undo()
     if failures_path is None:
-        candidate = report_path.with_name(f"{report_path.stem}-failures{suffix}")
+        candidate = failures_file(report_path, suffix)
         failures_path = candidate if candidate.is_file() else None
-    plan_path = run_dir / "plan.csv"
+    plan_path = RunDir(run_dir).plan
     planned = bool(settings.get("dry_run") or settings.get("plan_only"))
     with closing(_read_only(journal.path)) as connection:
         sessions = _sessions(connection)
