@@ -17,12 +17,20 @@ async def watch_signals(control: RunControl, scope: CancelScope, everything: Can
     """First SIGINT/SIGTERM: stop taking rows and finish cleanly. Second: stop at once."""
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be installed from the main thread
-    with scope:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if control.stopping and isinstance(control.stop_reason, Interrupted):
-                    control.aborted = True
-                    everything.cancel()
-                    return
-                name = signal.Signals(signum).name
-                control.stop(Interrupted(f"stopped by {name}"))
+    # asyncio puts back Python's default handlers when it lets go of a signal, not the ones it
+    # found (SIG_IGN, say, in a process that ignores SIGINT): the caller's are restored here.
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with scope:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if control.stopping and isinstance(control.stop_reason, Interrupted):
+                        control.aborted = True
+                        everything.cancel()
+                        return
+                    name = signal.Signals(signum).name
+                    control.stop(Interrupted(f"stopped by {name}"))
+    finally:
+        for signum, handler in found.items():
+            if handler is not None:
+                signal.signal(signum, handler)

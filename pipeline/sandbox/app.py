@@ -154,6 +154,8 @@ class SandboxApp:
         # asyncio may fire a timer up to its clock resolution early: a cut-off that answers
         # before its delay is over would be kinder than the proxy it stands for, so the
         # delay is waited out against the loop's clock.
+        if seconds <= 0:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while not self._closing and (remaining := deadline - loop.time()) > 0:
