@@ -362,3 +362,43 @@ def test_a_run_whose_journal_is_newer_is_refused(api: Sandbox, tmp_path: Path) -
     assert api.stats()["requests"] == 0
     status = run_cli("status", run_dir)
     assert status.returncode == 2 and "written by a newer mateo-bulk" in status.stderr
+
+
+#: `python -m pipeline ARGS` whose process dies (os._exit: no cleanup, as under SIGKILL) the
+#: moment the new run's journal first writes its settings.
+_DIES_AT_FIRST_META = """
+import os, sys
+from pipeline.stages.journal import Journal
+def die(self, values):
+    os._exit(137)
+Journal.set_meta = die
+from pipeline.cli.main import main
+sys.argv[0] = "mateo-bulk"
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_the_journal_is_made_leaves_a_run_dir_run_can_take(
+    api: Sandbox, tmp_path: Path
+) -> None:
+    """Killed between the journal's creation and its first write: nothing was sent, and a new
+    `run` on the same --run-dir starts the run (it is not "already holding a run" that resume
+    cannot continue, as it was when the empty journal stayed behind)."""
+    api.configure(latency_ms=0)
+    closed = next(row["id"] for row in api.rows() if row["status"] != "open")
+    path = write_csv(tmp_path / "in.csv", [{"conversation_id": closed, "status": "open"}])
+    run_dir = tmp_path / "r"
+    args = ["run", str(path), "--base-url", api.base_url, "--run-dir", str(run_dir)]
+    env = {**os.environ, "MATEO_API_TOKEN": TOKEN}
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIES_AT_FIRST_META, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == 137, killed.stderr
+    assert api.stats()["requests"] == 0
+    again = run_cli(*args, token=TOKEN)
+    assert again.returncode == 0, again.stderr
+    assert [line["outcome"] for line in read_report(run_dir / "report.csv")] == ["updated"]

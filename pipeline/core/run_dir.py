@@ -60,6 +60,11 @@ class RunDir:
         return self.path / JOURNAL_NAME
 
     @property
+    def journal_draft(self) -> Path:
+        """Where a new journal is made; it becomes `journal` once it holds its run's settings."""
+        return self.path / f".{JOURNAL_NAME}.new"
+
+    @property
     def stdin_copy(self) -> Path:
         return self.path / "stdin.csv"
 

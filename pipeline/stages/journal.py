@@ -13,6 +13,7 @@ is exported from here, so a run resumed any number of times has one line per inp
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -82,16 +83,34 @@ class Journal:
 
     @classmethod
     def create(cls, run_dir: Path, meta: dict[str, Any]) -> Journal:
-        path = RunDir(run_dir).journal
-        if path.exists():
+        """A new run's journal, holding `meta` from the moment it exists.
+
+        The journal is made under another name and renamed into place once its settings are
+        in: a process killed on the way leaves no journal that `run` would take for a run and
+        `resume` could not continue, only a draft the next `run` replaces.
+        """
+        names = RunDir(run_dir)
+        if names.journal.exists():
             raise InputError(
                 f"{run_dir} already holds a run: continue it with `mateo-bulk resume {run_dir}` "
                 "or choose another --run-dir"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        journal = cls(path)
-        journal.lock()
-        journal.set_meta(meta)
+        lock_file = names.lock()
+        try:
+            for leftover in (names.journal_draft, *_sqlite_side_files(names.journal_draft)):
+                leftover.unlink(missing_ok=True)
+            draft = cls(names.journal_draft)
+            with draft:
+                draft.set_meta(meta)
+            _flush(names.journal_draft)
+            names.journal_draft.replace(names.journal)
+            _flush(run_dir)
+            journal = cls(names.journal)
+        except BaseException:
+            lock_file.close()
+            raise
+        journal._lock_file = lock_file
         journal._counts = dict.fromkeys(Outcome, 0)
         journal._last_row = -(2**63)
         return journal
@@ -334,3 +353,16 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._connection.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _sqlite_side_files(path: Path) -> tuple[Path, ...]:
+    return tuple(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))
+
+
+def _flush(path: Path) -> None:
+    """fsync a file or directory, so that a rename after it cannot outlive what it renames."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
