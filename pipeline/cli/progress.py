@@ -37,7 +37,8 @@ class PlainProgress:
     """One line every `every` seconds: for logs, pipes and CI, where a live bar is noise.
     A long wait for the API gets a line of its own when it starts."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
+    def __init__(self, stream: TextIO | None = None, every: float = 5.0) -> None:
+        # None: sys.stderr as it is at each line, not as it was when this module was imported.
         self._stream = stream
         self._every = every
         self._last = time.monotonic()
@@ -45,12 +46,13 @@ class PlainProgress:
         self._notices_shown = 0
 
     def __call__(self, progress: Progress) -> None:
+        stream = self._stream or sys.stderr
         for notice in progress.notices[self._notices_shown :]:
-            print(f"mateo-bulk: note: {notice}", file=self._stream, flush=True)
+            print(f"mateo-bulk: note: {notice}", file=stream, flush=True)
         self._notices_shown = len(progress.notices)
         if progress.waiting_until is not None and progress.waiting_until != self._wait_shown:
             self._wait_shown = progress.waiting_until
-            print(f"mateo-bulk: {_waiting(progress)}", file=self._stream, flush=True)
+            print(f"mateo-bulk: {_waiting(progress)}", file=stream, flush=True)
         now = time.monotonic()
         if now - self._last < self._every and progress.done < progress.total:
             return
@@ -59,7 +61,7 @@ class PlainProgress:
         print(
             f"mateo-bulk: {progress.done:,}/{progress.total:,} rows ({rate:,.1f} rows/s, "
             f"{progress.requests:,} requests; {_limits(progress)}) {_counts(progress)}",
-            file=self._stream,
+            file=stream,
             flush=True,
         )
 
