@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.api import retry
 from pipeline.sandbox import Sandbox, running_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,3 +98,15 @@ def _private_state_dir(
 ) -> None:
     """Each test gets its own quota ledger, so tests never share (or spend) one budget."""
     monkeypatch.setenv("MATEO_BULK_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture
+def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait a fiftieth of their usual backoff (its base 10 ms, not 0.5 s).
+
+    For tests of what retries end in under a high fault rate (every row right, the journal,
+    the undo file), not of how long they wait: at 40 % faults and 8 attempts a row's full waits
+    reach 30 s, and one such test took 16 s. test_client pins the waits themselves, and the
+    Retry-After a server sends still sets the floor of a wait, as always.
+    """
+    monkeypatch.setattr(retry, "BASE_BACKOFF_SECONDS", 0.01)

@@ -108,6 +108,7 @@ def test_a_hostile_answer_every_time_ends_failed_or_rejected(
     assert_secret_nowhere(summary.run_dir)
 
 
+@pytest.mark.usefixtures("short_backoff")
 @pytest.mark.parametrize(
     "fault",
     [

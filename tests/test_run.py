@@ -150,6 +150,7 @@ def test_identical_duplicates_are_sent_once_and_reported_twice(
     assert api.stats()["ids_updated_more_than_once"] == {}
 
 
+@pytest.mark.usefixtures("short_backoff")
 @pytest.mark.parametrize(
     "fault",
     [
@@ -157,7 +158,7 @@ def test_identical_duplicates_are_sent_once_and_reported_twice(
         {"fault_502": 0.4},
         {"fault_503": 0.4, "fault_503_retry_after": 0},
         {"fault_drop": 0.4},
-        {"fault_applied_503": 0.4},
+        {"fault_applied_503": 0.4, "fault_503_retry_after": 0},
         {"fault_slow": 0.3, "slow_seconds": 5.0},
         {"cutoff_seconds": 0.05, "latency_ms": 60, "latency_distribution": "exponential"},
     ],

@@ -285,6 +285,7 @@ LOST_ANSWERS = {
 }
 
 
+@pytest.mark.usefixtures("short_backoff")
 @pytest.mark.parametrize("fault", list(LOST_ANSWERS.values()), ids=list(LOST_ANSWERS))
 def test_rows_whose_answer_was_lost_are_in_the_undo_file(
     sandbox: Sandbox, tmp_path: Path, fault: dict[str, Any]

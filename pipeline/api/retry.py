@@ -13,12 +13,12 @@ from pipeline.core.errors import TransientError
 #: The longest wait between attempts, whatever the backoff or Retry-After says; a longer
 #: Retry-After is the quota's business (the run stops or waits for the reset), not a retry's.
 MAX_BACKOFF_SECONDS = 60.0
-_BASE_BACKOFF_SECONDS = 0.5
+BASE_BACKOFF_SECONDS = 0.5
 
 
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:
     """Full-jitter exponential backoff; a server's Retry-After, when given, is the floor."""
-    ceiling = min(MAX_BACKOFF_SECONDS, _BASE_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** (attempt - 1))
     jitter = random.uniform(0, ceiling)
     if retry_after is not None:
         return min(MAX_BACKOFF_SECONDS, max(retry_after, jitter))

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -151,14 +152,14 @@ class SandboxApp:
             self._wakeup = None
 
     async def _sleep(self, seconds: float) -> None:
-        # asyncio may fire a timer up to its clock resolution early: a cut-off that answers
-        # before its delay is over would be kinder than the proxy it stands for, so the
-        # delay is waited out against the loop's clock.
+        # asyncio may fire a timer up to its clock resolution early, and uvloop's clock is the
+        # time its loop iteration began, in whole milliseconds: a cut-off that answers before
+        # its delay is over would be kinder than the proxy it stands for, so the delay is
+        # waited out against time.monotonic, the clock the request log measures with.
         if seconds <= 0:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self._closing and (remaining := deadline - loop.time()) > 0:
+        deadline = time.monotonic() + seconds
+        while not self._closing and (remaining := deadline - time.monotonic()) > 0:
             if self._wakeup is None:
                 self._wakeup = asyncio.Event()
             try:
