@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.api.client import Answer, MateoClient
 from pipeline.api.retry import MAX_BACKOFF_SECONDS, backoff_seconds
-from pipeline.api.wire import MAX_RESPONSE_BYTES, check_base_url
+from pipeline.api.wire import MAX_RESPONSE_BYTES, check_base_url, make_transport
 from pipeline.core.errors import (
     AuthError,
     ConnectionSetupError,
@@ -275,3 +275,16 @@ def test_ratelimit_reset_is_a_wait_only_on_a_429() -> None:
     with pytest.raises(TransientError) as caught:
         patch_with(lambda request: httpx.Response(503, headers={**headers, "retry-after": "3"}))
     assert caught.value.retry_after == 3.0
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+def test_every_transport_verifies_with_one_tls_context_per_process(kind: str) -> None:
+    """Reading the CA bundle into a TLS context costs ~20 ms: clients share one, and it still
+    verifies certificates and host names."""
+    first, second = make_transport(kind, 1), make_transport(kind, 1)
+    contexts = [
+        getattr(transport, "ssl_context", None) or transport._pool._ssl_context  # type: ignore[attr-defined]
+        for transport in (first, second)
+    ]
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname

@@ -9,6 +9,7 @@ unfiltered PATCH changes every conversation of the account.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from collections.abc import Callable
@@ -126,10 +127,21 @@ def make_transport(kind: str, max_connections: int) -> httpx.AsyncBaseTransport:
         # on each request and slows sharply past ~24 in flight (see bench/ for the figures).
         from httpx_aiohttp import AiohttpTransport
 
-        return AiohttpTransport(limits=limits, trust_env=False)
+        return AiohttpTransport(verify=_tls_context(), limits=limits, trust_env=False)
     if kind == "httpx":
-        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        return httpx.AsyncHTTPTransport(verify=_tls_context(), limits=limits, trust_env=False)
     raise InputError(f"unknown transport {kind!r}: choose one of {', '.join(TRANSPORTS)}")
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The verifying TLS context every client of this process shares.
+
+    Each transport would build its own otherwise, reading the whole CA bundle (~20 ms of CPU):
+    once per run, doctor probe and job. A context is safe to share once made; its settings are
+    httpx's defaults without the environment's (trust_env=False, as for the transports).
+    """
+    return httpx.create_ssl_context(trust_env=False)
 
 
 async def exchange(

@@ -188,9 +188,7 @@ async def _read_page(
     checked: list[RowResult] = []
     sendable: list[RowRequest] = []
     for row in page:
-        decided = decide(
-            row, current.get(row.conversation_id), guarded=guarded, api_sets=api_sets
-        )
+        decided = decide(row, current.get(row.conversation_id), guarded=guarded, api_sets=api_sets)
         if isinstance(decided, RowResult):
             checked.append(decided)
         else:
