@@ -53,6 +53,7 @@ def run_cli(
     stdin: bytes | None = None,
     timeout: float = 120,
     process: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the `mateo-bulk ARGS` command line as a user would, with only the token we give it.
 
@@ -61,12 +62,13 @@ def run_cli(
     afterwards. Starting Python and importing the package again costs most of a second of CPU
     per command, which for the hundreds of commands of the suite was most of its time.
     `process=True` starts `python -m pipeline ARGS` instead, for what only a process shows
-    (the entry point itself, what it leaves behind at exit) and for `timeout`.
+    (the entry point itself, what it leaves behind at exit) and for `timeout`. `env` is the
+    whole environment to run with, instead of this process's without the token and base URL.
     """
     environment = {
         key: value
-        for key, value in os.environ.items()
-        if key not in ("MATEO_API_TOKEN", "MATEO_BASE_URL")
+        for key, value in (os.environ if env is None else env).items()
+        if key not in ("MATEO_API_TOKEN", "MATEO_BASE_URL") or env is not None
     }
     if token is not None:
         environment["MATEO_API_TOKEN"] = token

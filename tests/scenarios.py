@@ -85,7 +85,7 @@ import httpx
 
 from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 from pipeline.sandbox.server import default_dataset
-from tests.helpers import AGENTS, INBOXES, REPO
+from tests.helpers import AGENTS, INBOXES, REPO, run_cli
 
 FIELDS = ("inbox_id", "assignee_id", "status")
 STATUSES = ("open", "closed", "archived")
@@ -697,8 +697,18 @@ def _invoke(
     kill: Kill | None = None,
     tap: RequestTap | None = None,
 ) -> Invocation:
-    """Run `python -m pipeline ARGS`, SIGKILLed at `kill` if it still runs then."""
+    """Run `python -m pipeline ARGS`, SIGKILLed at `kill` if it still runs then.
+
+    Without a kill, the command runs in this process (tests.helpers.run_cli): the same `main`,
+    without the second of CPU a new Python and its imports cost.
+    """
     started = time.monotonic()
+    if kill is None:
+        result = run_cli(*args, cwd=REPO, env=env)
+        seconds = time.monotonic() - started
+        return Invocation(
+            label, result.returncode, result.stdout, result.stderr, seconds, None, started
+        )
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
         cwd=REPO,
