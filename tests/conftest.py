@@ -56,11 +56,19 @@ def _shared_sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def sandbox(_shared_sandbox: Sandbox) -> Iterator[Sandbox]:
-    """A running sandbox seeded from sample_data/, with default switches and zeroed stats."""
+def sandbox(_shared_sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """A running sandbox seeded from sample_data/, with default switches and zeroed stats.
+
+    Every test that uses it also proves the tool's first promise: the test fails if the sandbox
+    counted a safety violation (a PATCH without exactly the id filter that bounds it), unless
+    it is marked `safety_violations_expected` (the sandbox's own tests of that count).
+    """
     _shared_sandbox.reset()
     yield _shared_sandbox
+    violations = _shared_sandbox.stats()["safety_violations"]
     _shared_sandbox.reset()
+    if request.node.get_closest_marker("safety_violations_expected") is None:
+        assert violations == 0, f"the sandbox counted {violations} safety violations"
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from signal import SIGINT, SIGTERM
+from typing import Any
+
+from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
@@ -160,3 +163,14 @@ def _as_a_new_process(
         os.environ.update(saved_environment)
         for number, handler in saved_handlers.items():
             signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def checked_sandbox(config: SandboxConfig | None = None, **options: Any) -> Iterator[Sandbox]:
+    """A sandbox of a test's own (`running_sandbox`'s arguments), for a token, data or request
+    log the shared `sandbox` fixture does not have; as that fixture, it fails the test if it
+    counted a safety violation."""
+    with running_sandbox(config, **options) as sandbox:
+        yield sandbox
+        violations = sandbox.stats()["safety_violations"]
+        assert violations == 0, f"the sandbox counted {violations} safety violations"

@@ -34,10 +34,9 @@ NOTHING_COMMITTED = {
 
 @pytest.fixture
 def api(sandbox: Sandbox) -> Iterator[Sandbox]:
-    """The shared sandbox with a distinctive token; every test also proves no unfiltered PATCH."""
+    """The shared sandbox (which fails a test after a safety violation) with a distinctive token."""
     sandbox.configure(token=SECRET)
     yield sandbox
-    assert sandbox.stats()["safety_violations"] == 0
 
 
 def open_rows(sandbox: Sandbox, count: int) -> list[dict[str, str]]:

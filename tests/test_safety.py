@@ -34,8 +34,8 @@ from pipeline.commands.jobs import plan_job
 from pipeline.core.errors import InputError, SafetyError
 from pipeline.core.models import Change, ConversationIds
 from pipeline.orchestrator.runner import RunSettings, apply_plan, run
-from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
-from tests.helpers import INBOXES, REPO, read_report, run_cli, write_csv
+from pipeline.sandbox import Sandbox, SandboxConfig
+from tests.helpers import INBOXES, REPO, checked_sandbox, read_report, run_cli, write_csv
 
 # --- Helpers -------------------------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ def test_rows_applied_before_a_sigkill_are_updated_and_undoable_after_resume(
 ) -> None:
     """D: SIGKILL mid-run, resume — rows the run changed are `updated` and in undo.csv."""
     log = tmp_path / "requests.jsonl"
-    with running_sandbox(SandboxConfig(latency_ms=20), generate=700, request_log=log) as api:
+    with checked_sandbox(SandboxConfig(latency_ms=20), generate=700, request_log=log) as api:
         rows = api.rows()
         target = rows[-1]["inbox_id"]
         lines = [

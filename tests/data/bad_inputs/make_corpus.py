@@ -2,8 +2,8 @@
 
 Run it from anywhere to regenerate the files (the output is deterministic):
     python tests/data/bad_inputs/make_corpus.py
-The 2 GB sparse file is not part of the corpus: tests/test_bad_inputs.py makes it in a temporary
-directory, because committing it, even sparse, would be a trap for every clone.
+The 2 GB sparse file is not part of the corpus: tests/stages/test_bad_inputs.py makes it in a
+temporary directory, because committing it, even sparse, would be a trap for every clone.
 """
 
 from __future__ import annotations

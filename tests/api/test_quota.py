@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from pipeline.api.quota import QuotaExhausted, QuotaLedger, parse_reset_time
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
 from pipeline.orchestrator.runner import RunSettings, resume, run
-from pipeline.sandbox import Sandbox, SandboxConfig, running_sandbox
+from pipeline.sandbox import Sandbox
 from tests.helpers import SAMPLE, run_cli, write_csv
 
 
@@ -25,13 +24,6 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def api() -> Iterator[Sandbox]:
-    with running_sandbox(SandboxConfig()) as sandbox:
-        yield sandbox
-        assert sandbox.stats()["safety_violations"] == 0
 
 
 def rows_for(sandbox: Sandbox, count: int, start: int = 0) -> list[dict[str, str]]:
@@ -105,15 +97,15 @@ def test_the_day_starts_at_the_configured_utc_time(tmp_path: Path) -> None:
 
 
 def test_a_run_that_meets_its_budget_stops_and_resumes_the_next_day(
-    api: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """Budget 5, 9 rows one per request: exit 3 after 5; resumed the next day, all updated."""
     clock = FakeClock(datetime(2026, 11, 27, 22, 0, tzinfo=UTC))
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 9))
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 9))
     settings = RunSettings(
         path,
-        token=api.token,
-        base_url=api.base_url,
+        token=sandbox.token,
+        base_url=sandbox.base_url,
         rate=None,
         batch_size=1,
         daily_quota=5,
@@ -125,23 +117,23 @@ def test_a_run_that_meets_its_budget_stops_and_resumes_the_next_day(
     assert stopped.exit_code == 3
     assert isinstance(stopped.stopped, QuotaExhausted)
     assert "resets at 2026-11-28 00:00 UTC" in str(stopped.stopped)
-    assert api.stats()["requests"] == 5 and stopped.counts[Outcome.UPDATED] == 5
+    assert sandbox.stats()["requests"] == 5 and stopped.counts[Outcome.UPDATED] == 5
     assert stopped.counts[Outcome.SKIPPED] == 4
 
-    again = resume(tmp_path / "run", token=api.token, quota_clock=clock)
-    assert again.exit_code == 3 and api.stats()["requests"] == 5  # still the same day
+    again = resume(tmp_path / "run", token=sandbox.token, quota_clock=clock)
+    assert again.exit_code == 3 and sandbox.stats()["requests"] == 5  # still the same day
 
     clock.now += timedelta(hours=2)
-    finished = resume(tmp_path / "run", token=api.token, quota_clock=clock)
+    finished = resume(tmp_path / "run", token=sandbox.token, quota_clock=clock)
     assert finished.exit_code == 0 and finished.counts[Outcome.UPDATED] == 9
-    assert api.stats()["requests"] == 9
+    assert sandbox.stats()["requests"] == 9
 
 
-def test_two_runs_in_one_day_share_one_budget(api: Sandbox, tmp_path: Path) -> None:
+def test_two_runs_in_one_day_share_one_budget(sandbox: Sandbox, tmp_path: Path) -> None:
     """A first run spends 6 of 8; the second, another file, gets only the 2 left."""
     common = {
-        "token": api.token,
-        "base_url": api.base_url,
+        "token": sandbox.token,
+        "base_url": sandbox.base_url,
         "rate": None,
         "batch_size": 1,
         "daily_quota": 8,
@@ -149,29 +141,29 @@ def test_two_runs_in_one_day_share_one_budget(api: Sandbox, tmp_path: Path) -> N
     }
     first = run(
         RunSettings(
-            write_csv(tmp_path / "a.csv", rows_for(api, 6)), run_dir=tmp_path / "a", **common
+            write_csv(tmp_path / "a.csv", rows_for(sandbox, 6)), run_dir=tmp_path / "a", **common
         )
     )
     assert first.exit_code == 0
     second = run(
         RunSettings(
-            write_csv(tmp_path / "b.csv", rows_for(api, 6, start=10)),
+            write_csv(tmp_path / "b.csv", rows_for(sandbox, 6, start=10)),
             run_dir=tmp_path / "b",
             **common,
         )
     )
     assert second.exit_code == 3 and second.counts[Outcome.UPDATED] == 2
-    assert api.stats()["requests"] == 8
+    assert sandbox.stats()["requests"] == 8
 
 
-def test_max_requests_bounds_one_run(api: Sandbox, tmp_path: Path) -> None:
+def test_max_requests_bounds_one_run(sandbox: Sandbox, tmp_path: Path) -> None:
     """--max-requests 3: the run stops after 3 requests, resumable."""
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 10))
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 10))
     result = run_cli(
         "run",
         path,
         "--base-url",
-        api.base_url,
+        sandbox.base_url,
         "--rate",
         "unlimited",
         "--batch-size",
@@ -180,23 +172,23 @@ def test_max_requests_bounds_one_run(api: Sandbox, tmp_path: Path) -> None:
         "3",
         "--run-dir",
         tmp_path / "r",
-        token=api.token,
+        token=sandbox.token,
     )
     assert result.returncode == 3, result.stderr
     assert "--max-requests 3" in result.stderr and "mateo-bulk resume" in result.stderr
-    assert api.stats()["requests"] == 3
+    assert sandbox.stats()["requests"] == 3
 
 
 def test_a_429_with_a_long_retry_after_stops_and_resumes_after_the_reset(
-    api: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """The server's daily limit (429, Retry-After of hours): exit 3, no storm; resume later."""
-    api.configure(daily_quota=4)
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 6))
+    sandbox.configure(daily_quota=4)
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 6))
     settings = RunSettings(
         path,
-        token=api.token,
-        base_url=api.base_url,
+        token=sandbox.token,
+        base_url=sandbox.base_url,
         rate=None,
         batch_size=1,
         concurrency=1,
@@ -205,24 +197,24 @@ def test_a_429_with_a_long_retry_after_stops_and_resumes_after_the_reset(
     )
     stopped = run(settings)
     assert stopped.exit_code == 3 and "--max-wait" in str(stopped.stopped)
-    assert api.stats()["rate_limited"] <= 1  # stopped at the first sign, no storm
-    api.advance_day()
-    finished = resume(tmp_path / "run", token=api.token)
+    assert sandbox.stats()["rate_limited"] <= 1  # stopped at the first sign, no storm
+    sandbox.advance_day()
+    finished = resume(tmp_path / "run", token=sandbox.token)
     assert finished.exit_code == 0 and finished.counts[Outcome.UPDATED] == 6
 
 
 def test_a_429_storm_brings_the_rate_down_and_every_row_through(
-    api: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """An unpaced run against 5 req/s: 429s, the shared rate drops, every row is updated."""
-    api.configure(rate=5.0, burst=1)
+    sandbox.configure(rate=5.0, burst=1)
     rates: list[float | None] = []
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 15))
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 15))
     summary = run(
         RunSettings(
             path,
-            token=api.token,
-            base_url=api.base_url,
+            token=sandbox.token,
+            base_url=sandbox.base_url,
             rate=None,
             batch_size=1,
             concurrency=4,
@@ -231,20 +223,20 @@ def test_a_429_storm_brings_the_rate_down_and_every_row_through(
         on_progress=lambda progress: rates.append(progress.rate),
     )
     assert summary.counts[Outcome.UPDATED] == 15
-    stats = api.stats()
+    stats = sandbox.stats()
     assert 0 < stats["rate_limited"] < 15
     assert any(rate is not None and rate <= 5.0 for rate in rates)
 
 
-def test_ratelimit_remaining_zero_holds_before_any_429(api: Sandbox, tmp_path: Path) -> None:
+def test_ratelimit_remaining_zero_holds_before_any_429(sandbox: Sandbox, tmp_path: Path) -> None:
     """With ratelimit-remaining sent, a paced client meets the window's end without a 429."""
-    api.configure(rate=4.0, burst=4)
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 16))
+    sandbox.configure(rate=4.0, burst=4)
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 16))
     summary = run(
         RunSettings(
             path,
-            token=api.token,
-            base_url=api.base_url,
+            token=sandbox.token,
+            base_url=sandbox.base_url,
             rate=4.0,
             batch_size=1,
             concurrency=1,
@@ -252,7 +244,7 @@ def test_ratelimit_remaining_zero_holds_before_any_429(api: Sandbox, tmp_path: P
         )
     )
     assert summary.counts[Outcome.UPDATED] == 16
-    assert api.stats()["rate_limited"] == 0
+    assert sandbox.stats()["rate_limited"] == 0
 
 
 def test_dry_run_prints_the_request_plan(tmp_path: Path) -> None:
@@ -283,23 +275,23 @@ def test_dry_run_says_how_many_api_days_a_big_run_needs(tmp_path: Path) -> None:
     assert "3 API days at 3 requests a day" in plan
 
 
-def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Path) -> None:
+def test_a_run_starts_at_the_batch_size_doctor_found(sandbox: Sandbox, tmp_path: Path) -> None:
     """After `doctor` found grouped PATCHes refused (406), a run sends one row per request
     from the start: no request is spent finding out again."""
     import anyio
 
     from pipeline.commands.doctor.diagnosis import diagnose
 
-    api.configure(force_single_object=True)
-    report = anyio.run(lambda: diagnose(api.base_url, api.token, rate=50.0))
+    sandbox.configure(force_single_object=True)
+    report = anyio.run(lambda: diagnose(sandbox.base_url, sandbox.token, rate=50.0))
     assert report.answers["recommended_batch_size"] == 1
-    api.reset_stats()
-    path = write_csv(tmp_path / "in.csv", rows_for(api, 6))
+    sandbox.reset_stats()
+    path = write_csv(tmp_path / "in.csv", rows_for(sandbox, 6))
     summary = run(
         RunSettings(
             path,
-            token=api.token,
-            base_url=api.base_url,
+            token=sandbox.token,
+            base_url=sandbox.base_url,
             rate=None,
             snapshot=False,
             run_dir=tmp_path / "run",
@@ -307,6 +299,6 @@ def test_a_run_starts_at_the_batch_size_doctor_found(api: Sandbox, tmp_path: Pat
         stored_answers=load_answers,  # what the CLI passes: a library run reads none unasked
     )
     assert summary.exit_code == 0 and summary.counts[Outcome.UPDATED] == 6
-    assert "406" not in api.stats()["requests_by_status"]
-    assert api.stats()["requests"] == 6
+    assert "406" not in sandbox.stats()["requests_by_status"]
+    assert sandbox.stats()["requests"] == 6
     assert any("mateo-bulk doctor" in notice for notice in summary.notices)

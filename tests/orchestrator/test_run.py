@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,10 @@ from pipeline.sandbox import (
     SandboxState,
     create_app,
     default_dataset,
-    running_sandbox,
 )
 from tests.helpers import AGENTS, INBOXES, read_report, write_csv
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000001"
-
-
-@pytest.fixture
-def api() -> Iterator[Sandbox]:
-    """A fresh sandbox with the sample data; every test also proves no unfiltered PATCH."""
-    with running_sandbox(SandboxConfig()) as sandbox:
-        yield sandbox
-        assert sandbox.stats()["safety_violations"] == 0
 
 
 def settings_for(sandbox: Sandbox, input_path: Path, **overrides: Any) -> RunSettings:
@@ -78,9 +68,9 @@ def many_rows(sandbox: Sandbox, count: int) -> list[dict[str, str]]:
     ]
 
 
-def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None:
+def test_every_outcome_and_the_final_table(sandbox: Sandbox, tmp_path: Path) -> None:
     """updated, not_found, rejected (409), invalid, unchanged: each reported, table to match."""
-    table = api.rows()
+    table = sandbox.rows()
     ids = [
         row["id"]
         for row in table
@@ -99,7 +89,7 @@ def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None
         {"conversation_id": ids[4], "assignee_id": AGENTS[0]},
         {"conversation_id": already["id"], "status": "archived"},
     ]
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    summary = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows)))
     report = read_report(summary.report_path)
     assert [line["outcome"] for line in report] == [
         "updated",
@@ -116,38 +106,38 @@ def test_every_outcome_and_the_final_table(api: Sandbox, tmp_path: Path) -> None
     assert "not a uuid" in report[4]["error_message"]
     assert report[1]["returned_assignee_id"] == "null"
     assert summary.exit_code == 1
-    assert_table_has_targets(api, report)
-    assert api.row(ids[1])["assignee_id"] is None
+    assert_table_has_targets(sandbox, report)
+    assert sandbox.row(ids[1])["assignee_id"] is None
 
 
-def test_all_updated_exits_zero_and_groups_rows(api: Sandbox, tmp_path: Path) -> None:
+def test_all_updated_exits_zero_and_groups_rows(sandbox: Sandbox, tmp_path: Path) -> None:
     """120 rows over 3 targets: all updated, exit 0, at most one partial group per target."""
-    rows = many_rows(api, 120)
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), snapshot=False))
+    rows = many_rows(sandbox, 120)
+    summary = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows), snapshot=False))
     assert summary.counts[Outcome.UPDATED] == 120 and summary.exit_code == 0
-    assert api.stats()["requests_by_method"]["PATCH"] == summary.requests <= 3
-    assert_table_has_targets(api, read_report(summary.report_path))
+    assert sandbox.stats()["requests_by_method"]["PATCH"] == summary.requests <= 3
+    assert_table_has_targets(sandbox, read_report(summary.report_path))
 
 
-def test_batch_size_one_sends_one_eq_patch_per_row(api: Sandbox, tmp_path: Path) -> None:
+def test_batch_size_one_sends_one_eq_patch_per_row(sandbox: Sandbox, tmp_path: Path) -> None:
     """--batch-size 1: one request per row."""
-    rows = many_rows(api, 12)
+    rows = many_rows(sandbox, 12)
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1, snapshot=False)
+        settings_for(sandbox, write_csv(tmp_path / "in.csv", rows), batch_size=1, snapshot=False)
     )
     assert summary.requests == 12 and summary.counts[Outcome.UPDATED] == 12
 
 
 def test_identical_duplicates_are_sent_once_and_reported_twice(
-    api: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """The same row twice: one id in the request, both rows `updated`."""
-    conversation_id = next(row["id"] for row in api.rows() if row["status"] != "archived")
+    conversation_id = next(row["id"] for row in sandbox.rows() if row["status"] != "archived")
     rows = [{"conversation_id": conversation_id, "status": "archived"}] * 2
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows), snapshot=False))
+    summary = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows), snapshot=False))
     assert [line["outcome"] for line in read_report(summary.report_path)] == ["updated"] * 2
     assert summary.requests == 1
-    assert api.stats()["ids_updated_more_than_once"] == {}
+    assert sandbox.stats()["ids_updated_more_than_once"] == {}
 
 
 @pytest.mark.usefixtures("short_backoff")
@@ -165,29 +155,32 @@ def test_identical_duplicates_are_sent_once_and_reported_twice(
     ids=["500", "502-html", "503-retry-after", "drop", "applied-then-503", "slow", "cutoff"],
 )
 def test_retries_under_each_fault_end_with_every_row_right(
-    api: Sandbox, tmp_path: Path, fault: dict[str, Any]
+    sandbox: Sandbox, tmp_path: Path, fault: dict[str, Any]
 ) -> None:
     """Under each fault every row ends updated, some after retries, the table matches."""
-    api.configure(fault_seed=7, **fault)
-    rows = many_rows(api, 40)
+    sandbox.configure(fault_seed=7, **fault)
+    rows = many_rows(sandbox, 40)
     summary = run(
         settings_for(
-            api, write_csv(tmp_path / "in.csv", rows), batch_size=5, max_attempts=8, timeout=0.5
+            sandbox, write_csv(tmp_path / "in.csv", rows), batch_size=5, max_attempts=8, timeout=0.5
         )
     )
     report = read_report(summary.report_path)
     assert summary.counts[Outcome.UPDATED] == 40, summary.counts
     assert summary.retries > 0
     assert any(int(line["attempts"]) > 1 for line in report)
-    assert_table_has_targets(api, report)
+    assert_table_has_targets(sandbox, report)
 
 
-def test_retries_exhausted_is_failed_with_the_last_error(api: Sandbox, tmp_path: Path) -> None:
+def test_retries_exhausted_is_failed_with_the_last_error(sandbox: Sandbox, tmp_path: Path) -> None:
     """A server that always answers 500: rows `failed` after --max-attempts, exit 1."""
-    api.configure(fault_500=1.0)
+    sandbox.configure(fault_500=1.0)
     summary = run(
         settings_for(
-            api, write_csv(tmp_path / "in.csv", many_rows(api, 3)), max_attempts=2, snapshot=False
+            sandbox,
+            write_csv(tmp_path / "in.csv", many_rows(sandbox, 3)),
+            max_attempts=2,
+            snapshot=False,
         )
     )
     report = read_report(summary.report_path)
@@ -197,14 +190,14 @@ def test_retries_exhausted_is_failed_with_the_last_error(api: Sandbox, tmp_path:
     assert summary.exit_code == 1
 
 
-def test_rate_limit_429s_are_retried_after_retry_after(api: Sandbox, tmp_path: Path) -> None:
+def test_rate_limit_429s_are_retried_after_retry_after(sandbox: Sandbox, tmp_path: Path) -> None:
     """Against a 5 req/s limit, an unpaced client meets 429s, waits and still updates all."""
-    api.configure(rate=5.0, burst=1)
+    sandbox.configure(rate=5.0, burst=1)
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 12)), batch_size=1)
+        settings_for(sandbox, write_csv(tmp_path / "in.csv", many_rows(sandbox, 12)), batch_size=1)
     )
     assert summary.counts[Outcome.UPDATED] == 12
-    assert api.stats()["rate_limited"] > 0
+    assert sandbox.stats()["rate_limited"] > 0
 
 
 def test_paced_at_the_limit_meets_no_429(tmp_path: Path) -> None:
@@ -249,23 +242,29 @@ def test_paced_at_the_limit_meets_no_429(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_bad_token_stops_the_run_and_skips_the_rest(
-    api: Sandbox, tmp_path: Path, status: int
+    sandbox: Sandbox, tmp_path: Path, status: int
 ) -> None:
     """401/403 stop at once: rows skipped, at most --concurrency requests sent, exit 3."""
-    rows = many_rows(api, 30)
+    rows = many_rows(sandbox, 30)
     token = "" if status == 401 else "wrong-token"
-    settings = settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=1, concurrency=2)
+    settings = settings_for(
+        sandbox, write_csv(tmp_path / "in.csv", rows), batch_size=1, concurrency=2
+    )
     if status == 401:
         # An empty token is refused before anything is sent; send a blank-ish header instead.
-        settings = settings_for(api, tmp_path / "in.csv", batch_size=1, concurrency=2, token="x")
-        api.configure(token="other")
+        settings = settings_for(
+            sandbox, tmp_path / "in.csv", batch_size=1, concurrency=2, token="x"
+        )
+        sandbox.configure(token="other")
     else:
-        settings = settings_for(api, tmp_path / "in.csv", batch_size=1, concurrency=2, token=token)
+        settings = settings_for(
+            sandbox, tmp_path / "in.csv", batch_size=1, concurrency=2, token=token
+        )
     summary = run(settings)
     assert summary.exit_code == 3
     assert summary.counts[Outcome.SKIPPED] == 30
-    assert api.stats()["requests"] <= 2
-    assert api.stats()["updates"] == 0
+    assert sandbox.stats()["requests"] <= 2
+    assert sandbox.stats()["updates"] == 0
 
 
 @pytest.mark.parametrize(
@@ -285,44 +284,44 @@ def test_a_bad_token_stops_the_run_and_skips_the_rest(
     ids=lambda switches: ",".join(f"{key}={value}" for key, value in switches.items()),
 )
 def test_every_unknown_answer_shape_gives_the_right_outcomes(
-    api: Sandbox, tmp_path: Path, switches: dict[str, Any]
+    sandbox: Sandbox, tmp_path: Path, switches: dict[str, Any]
 ) -> None:
     """Under each proxy switch: updated rows updated, unknown ids not_found, 409 rejected."""
-    api.configure(**switches)
-    rows = many_rows(api, 60)
+    sandbox.configure(**switches)
+    rows = many_rows(sandbox, 60)
     rows += [
         {"conversation_id": UNKNOWN_ID, "inbox_id": INBOXES[0], "status": "closed"},
         {
-            "conversation_id": api.rows()[61]["id"],
+            "conversation_id": sandbox.rows()[61]["id"],
             "inbox_id": "7f000000-0000-4000-8000-000000000000",
         },
     ]
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
+    summary = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows)))
     report = read_report(summary.report_path)
     outcomes = [line["outcome"] for line in report]
     assert outcomes == ["updated"] * 60 + ["not_found", "rejected"], summary.notices
-    assert_table_has_targets(api, report)
+    assert_table_has_targets(sandbox, report)
     assert summary.stopped is None
 
 
-def test_no_match_answered_204_is_read_back(api: Sandbox, tmp_path: Path) -> None:
+def test_no_match_answered_204_is_read_back(sandbox: Sandbox, tmp_path: Path) -> None:
     """With no body (Prefer dropped), the group is read back with one GET per 50 ids."""
-    api.configure(drop_prefer=True)
-    rows = many_rows(api, 10) + [{"conversation_id": UNKNOWN_ID, "status": "closed"}]
-    summary = run(settings_for(api, write_csv(tmp_path / "in.csv", rows)))
-    stats = api.stats()["requests_by_method"]
+    sandbox.configure(drop_prefer=True)
+    rows = many_rows(sandbox, 10) + [{"conversation_id": UNKNOWN_ID, "status": "closed"}]
+    summary = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows)))
+    stats = sandbox.stats()["requests_by_method"]
     assert stats["GET"] >= 1
     assert [line["outcome"] for line in read_report(summary.report_path)][-1] == "not_found"
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_report_formats_hold_the_same_rows(api: Sandbox, tmp_path: Path, suffix: str) -> None:
+def test_report_formats_hold_the_same_rows(sandbox: Sandbox, tmp_path: Path, suffix: str) -> None:
     """--report's suffix picks the format; every format has every row and column."""
     import pandas
 
-    rows = many_rows(api, 5) + [{"conversation_id": UNKNOWN_ID, "status": "open"}]
+    rows = many_rows(sandbox, 5) + [{"conversation_id": UNKNOWN_ID, "status": "open"}]
     report_path = tmp_path / f"out{suffix}"
-    run(settings_for(api, write_csv(tmp_path / "in.csv", rows), report=report_path))
+    run(settings_for(sandbox, write_csv(tmp_path / "in.csv", rows), report=report_path))
     if suffix == ".csv":
         frame = pandas.read_csv(report_path, dtype=str, keep_default_na=False)
     elif suffix == ".jsonl":
@@ -344,26 +343,29 @@ def test_report_formats_hold_the_same_rows(api: Sandbox, tmp_path: Path, suffix:
     } <= set(frame.columns)
 
 
-def test_dry_run_sends_nothing(api: Sandbox, tmp_path: Path) -> None:
+def test_dry_run_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
     """--dry-run validates and reports `planned`, with no request at all."""
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 10)), dry_run=True)
+        settings_for(sandbox, write_csv(tmp_path / "in.csv", many_rows(sandbox, 10)), dry_run=True)
     )
     assert summary.counts[Outcome.PLANNED] == 10 and summary.exit_code == 0
-    assert api.stats()["requests"] == 0
+    assert sandbox.stats()["requests"] == 0
 
 
-def test_fixed_values_and_column_map(api: Sandbox, tmp_path: Path) -> None:
+def test_fixed_values_and_column_map(sandbox: Sandbox, tmp_path: Path) -> None:
     """A file of ids only, with `--map conversation_id=Ticket` and `--set status=closed`."""
-    ids = [row["id"] for row in api.rows() if row["status"] != "closed"][:5]
+    ids = [row["id"] for row in sandbox.rows() if row["status"] != "closed"][:5]
     path = write_csv(tmp_path / "ids.csv", [{"Ticket": i} for i in ids], columns=("Ticket",))
     summary = run(
         settings_for(
-            api, path, column_map={"conversation_id": "Ticket"}, fixed_values={"status": "closed"}
+            sandbox,
+            path,
+            column_map={"conversation_id": "Ticket"},
+            fixed_values={"status": "closed"},
         )
     )
     assert summary.counts[Outcome.UPDATED] == 5
-    assert all(api.row(i)["status"] == "closed" for i in ids)
+    assert all(sandbox.row(i)["status"] == "closed" for i in ids)
 
 
 def test_a_value_other_than_the_target_is_reported_as_a_difference(tmp_path: Path) -> None:
@@ -417,23 +419,23 @@ def test_rows_the_request_did_not_name_stop_the_run(tmp_path: Path) -> None:
     assert stranger in str(summary.stopped)
 
 
-def test_a_guard_leaves_rows_that_no_longer_match_alone(api: Sandbox, tmp_path: Path) -> None:
+def test_a_guard_leaves_rows_that_no_longer_match_alone(sandbox: Sandbox, tmp_path: Path) -> None:
     """With guard status=eq.open, a closed row is `conflict` with its current values, unchanged."""
-    rows = api.rows()
+    rows = sandbox.rows()
     open_ids = [row["id"] for row in rows if row["status"] == "open"][:3]
     closed_id = next(row["id"] for row in rows if row["status"] == "closed")
     target = INBOXES[4]
     lines = [{"conversation_id": i, "inbox_id": target} for i in [*open_ids, closed_id]]
     lines.append({"conversation_id": UNKNOWN_ID, "inbox_id": target})
-    before = api.row(closed_id)
+    before = sandbox.row(closed_id)
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", lines), guard={"status": "eq.open"})
+        settings_for(sandbox, write_csv(tmp_path / "in.csv", lines), guard={"status": "eq.open"})
     )
     report = read_report(summary.report_path)
     assert [line["outcome"] for line in report] == ["updated"] * 3 + ["conflict", "not_found"]
     assert report[3]["returned_status"] == "closed"
-    assert api.row(closed_id)["inbox_id"] == before["inbox_id"]
-    assert all(api.row(i)["inbox_id"] == target for i in open_ids)
+    assert sandbox.row(closed_id)["inbox_id"] == before["inbox_id"]
+    assert all(sandbox.row(i)["inbox_id"] == target for i in open_ids)
     assert summary.exit_code == 1
 
 
@@ -441,7 +443,7 @@ def test_a_guard_leaves_rows_that_no_longer_match_alone(api: Sandbox, tmp_path: 
 
 
 def test_library_run_installs_no_signal_handler_and_leaves_os_environ_unchanged(
-    api: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """`run()` from Python leaves SIGINT/SIGTERM and os.environ as it found them, during the
     run and after; `handle_signals=True` (what the CLI passes) is what installs the handlers.
@@ -458,9 +460,9 @@ def test_library_run_installs_no_signal_handler_and_leaves_os_environ_unchanged(
     def on_progress(progress: Any) -> None:
         seen.append(signal.getsignal(signal.SIGTERM))
 
-    rows = many_rows(api, 60)
+    rows = many_rows(sandbox, 60)
     summary = run(
-        settings_for(api, write_csv(tmp_path / "in.csv", rows), batch_size=5),
+        settings_for(sandbox, write_csv(tmp_path / "in.csv", rows), batch_size=5),
         on_progress=on_progress,
     )
     assert summary.counts[Outcome.UPDATED] == 60
@@ -473,7 +475,7 @@ def test_library_run_installs_no_signal_handler_and_leaves_os_environ_unchanged(
     again = tmp_path / "again"
     again.mkdir()
     run(
-        settings_for(api, write_csv(again / "in.csv", many_rows(api, 60)), batch_size=5),
+        settings_for(sandbox, write_csv(again / "in.csv", many_rows(sandbox, 60)), batch_size=5),
         on_progress=on_progress,
         handle_signals=True,
     )
@@ -481,36 +483,40 @@ def test_library_run_installs_no_signal_handler_and_leaves_os_environ_unchanged(
     assert {signum: signal.getsignal(signum) for signum in signals} == handlers
 
 
-def test_library_run_reads_stdin_only_when_given_it(api: Sandbox, tmp_path: Path) -> None:
+def test_library_run_reads_stdin_only_when_given_it(sandbox: Sandbox, tmp_path: Path) -> None:
     """Input "-" without `stdin=` is refused before anything is made or sent; with it, the
     rows are kept in the run directory (stdin.csv) and run."""
     with pytest.raises(InputError, match="stdin"):
-        run(settings_for(api, tmp_path / "unused.csv", input="-"))
-    assert not (tmp_path / "run").exists() and api.stats()["requests"] == 0
-    piped = write_csv(tmp_path / "piped.csv", many_rows(api, 4)).read_bytes()
-    summary = run(settings_for(api, tmp_path / "unused.csv", input="-"), stdin=io.BytesIO(piped))
+        run(settings_for(sandbox, tmp_path / "unused.csv", input="-"))
+    assert not (tmp_path / "run").exists() and sandbox.stats()["requests"] == 0
+    piped = write_csv(tmp_path / "piped.csv", many_rows(sandbox, 4)).read_bytes()
+    summary = run(
+        settings_for(sandbox, tmp_path / "unused.csv", input="-"), stdin=io.BytesIO(piped)
+    )
     assert summary.counts[Outcome.UPDATED] == 4
     assert (tmp_path / "run" / "stdin.csv").read_bytes() == piped
 
 
-def test_stored_doctor_answers_are_used_only_when_passed_in(api: Sandbox, tmp_path: Path) -> None:
+def test_stored_doctor_answers_are_used_only_when_passed_in(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     """A library run starts at its own batch size; given the stored answers' lookup (as the CLI
     gives it), at the doctor's, with the notice saying so."""
     store_answers(
-        api.token,
+        sandbox.token,
         {
             "format": 2,
-            "base_url": api.base_url,
+            "base_url": sandbox.base_url,
             "checked_at": "2026-01-02T03:04:05+00:00",
             "answers": {"recommended_batch_size": 7},
         },
     )
-    plain = run(settings_for(api, write_csv(tmp_path / "in.csv", many_rows(api, 14))))
+    plain = run(settings_for(sandbox, write_csv(tmp_path / "in.csv", many_rows(sandbox, 14))))
     assert not any("mateo-bulk doctor" in notice for notice in plain.notices)
     asked = tmp_path / "asked"
     asked.mkdir()
     summary = run(
-        settings_for(api, write_csv(asked / "in.csv", many_rows(api, 14))),
+        settings_for(sandbox, write_csv(asked / "in.csv", many_rows(sandbox, 14))),
         stored_answers=load_answers,
     )
     assert (

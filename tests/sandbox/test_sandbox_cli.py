@@ -20,8 +20,7 @@ from pipeline.cli.main import main
 from pipeline.cli.parser import build_parser
 from pipeline.sandbox import SandboxConfig
 from pipeline.sandbox.command import flag_for
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def _ephemeral_ports() -> range:

@@ -14,8 +14,9 @@ from pipeline.core.errors import InputError
 from pipeline.core.models import InvalidRow, RowRequest
 from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import validate_row
+from tests.helpers import REPO
 
-CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+CORPUS = REPO / "tests" / "data" / "bad_inputs"
 EXPECTATIONS: dict[str, dict[str, Any]] = {
     name: expected
     for name, expected in json.loads((CORPUS / "expectations.json").read_text()).items()

@@ -370,6 +370,7 @@ def test_patch_columns_fills_a_missing_key_with_null_or_its_default(
 # --- safety ------------------------------------------------------------------------------------
 
 
+@pytest.mark.safety_violations_expected
 @pytest.mark.parametrize(
     "params",
     [

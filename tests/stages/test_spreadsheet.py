@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.sandbox import Sandbox
-from tests.helpers import SAMPLE, read_report, run_cli, write_csv
+from tests.helpers import REPO, SAMPLE, read_report, run_cli, write_csv
 
 Cell = Any
-PROTECTED = Path(__file__).parent / "data" / "spreadsheets"
+PROTECTED = REPO / "tests" / "data" / "spreadsheets"
 UUID_1 = "3f1b0a1e-5c2d-4e6f-8a9b-0c1d2e3f4a5b"
 UUID_2 = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 INBOX = "6861072c-1e75-4a93-8661-abe05b1b90b4"
