@@ -160,7 +160,7 @@ def plan_job(
         fixed_values=fixed_values,
         run_dir=run_dir,
         report=report,
-        guard=dict(query.resolved) if query else {},
+        query_guard=dict(query.resolved) if query else {},
         **{
             option.name: options[option.name]
             for option in run_options()

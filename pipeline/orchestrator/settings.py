@@ -307,7 +307,7 @@ class RunSettings:
     plan_only: bool = False
     #: PostgREST filters every PATCH also carries, e.g. {"status": "eq.open"}: a row that no
     #: longer matches them is left alone and reported `conflict` (a job's query uses this).
-    guard: Mapping[str, str] = field(default_factory=dict)
+    query_guard: Mapping[str, str] = field(default_factory=dict)
     #: The most rows the run may change (`--max-changes`): more, and nothing is sent. Counted
     #: before the snapshot, so rows already at their target count too. None: no limit.
     max_changes: int | None = option(
@@ -338,7 +338,7 @@ class RunSettings:
         for each in run_options():
             each.check(getattr(self, each.name))
         try:
-            Guard.of(self.guard)
+            Guard.of(self.query_guard)
         except ValueError as error:
             raise InputError(str(error)) from None
         if not self.dry_run:
@@ -377,7 +377,7 @@ class RunSettings:
             values[spec.name] = str(value) if isinstance(value, Path) else value
         values["column_map"] = dict(self.column_map)
         values["fixed_values"] = dict(self.fixed_values)
-        values["guard"] = dict(self.guard)
+        values["query_guard"] = dict(self.query_guard)
         return values
 
     @classmethod
@@ -386,7 +386,9 @@ class RunSettings:
         known = {spec.name for spec in dataclasses.fields(cls)}
         arguments: dict[str, Any] = {
             name: (Path(value) if name in paths and value is not None else value)
-            for name, value in values.items()
+            for name, value in (
+                (_RENAMED.get(name, name), value) for name, value in values.items()
+            )
             if name in known
         }
         return cls(**{**arguments, "token": token})
@@ -402,6 +404,11 @@ class RunSettings:
             reset_at=parse_reset_time(self.quota_reset_utc),
             clock=self.quota_clock,
         )
+
+
+#: Settings a journal may hold under an earlier name, by that name: a name left unknown would
+#: be dropped, and a resumed run would go on without that setting.
+_RENAMED = {"guard": "query_guard"}
 
 
 @functools.cache

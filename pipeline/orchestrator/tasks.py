@@ -95,12 +95,12 @@ async def _run_tasks(tasks: TaskGroup, session: Session, client: MateoClient) ->
             send_checked, to_group = anyio.create_memory_object_stream[list[RowRequest]](2)
         # At a low rate a request slot is worth waiting for: a row may wait as long as a full
         # group takes to be sent (25 s at 2 requests/s), so that slow input still groups.
-        max_wait = settings.max_group_wait
+        fill_wait = settings.max_group_wait
         if settings.rate:
-            max_wait = max(max_wait, settings.batch_size / settings.rate)
-        grouper = Grouper(to_group, batch_size=settings.batch_size, max_wait=max_wait)
+            fill_wait = max(fill_wait, settings.batch_size / settings.rate)
+        grouper = Grouper(to_group, batch_size=settings.batch_size, fill_wait=fill_wait)
         sender = Sender(
-            path, grouper, guard=Guard.of(settings.guard), write_ahead=journal.record_intents
+            path, grouper, guard=Guard.of(settings.query_guard), write_ahead=journal.record_intents
         )
         if settings.snapshot:
             tasks.start_soon(

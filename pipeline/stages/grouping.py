@@ -42,19 +42,23 @@ class Group:
 
 
 class Grouper:
-    """Hands workers the next group to send, pulling validated rows from the read stage."""
+    """Hands workers the next group to send, pulling validated rows from the read stage.
+
+    `fill_wait` is the longest a row waits for its group to fill before the group goes out
+    part-full (a run's --max-group-wait, or longer at a low rate).
+    """
 
     def __init__(
         self,
         rows: MemoryObjectReceiveStream[list[RowRequest]],
         *,
         batch_size: int,
-        max_wait: float = 0.5,
+        fill_wait: float = 0.5,
         max_buffered: int | None = None,
     ) -> None:
         self._rows = rows
         self.batch_size = batch_size
-        self._max_wait = max_wait
+        self._fill_wait = fill_wait
         self._max_buffered = max_buffered or max(1_000, 20 * batch_size)
         self._pending: dict[tuple[Change, Guard], list[RowRequest]] = {}
         #: When each pending group got its first row.
@@ -75,11 +79,11 @@ class Grouper:
                 if not self._pending:
                     await self._receive()
                     continue
-                # No row waits longer than max_wait for its group to fill: the deadline is the
+                # No row waits longer than fill_wait for its group to fill: the deadline is the
                 # oldest partial group's, not this call's, so rows that trickle in slowly over
                 # many different changes never keep a worker idle.
                 oldest = self._since[next(iter(self._pending))]
-                timeout = oldest + self._max_wait - anyio.current_time()
+                timeout = oldest + self._fill_wait - anyio.current_time()
                 if timeout <= 0:
                     return self._take_oldest()
                 with anyio.move_on_after(timeout):

@@ -191,7 +191,7 @@ def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_pa
         token=sandbox.token,
         now=now,
     )
-    assert plan.settings.guard == {
+    assert plan.settings.query_guard == {
         "status": "eq.open",
         "or": "(latest_inbound_message_created_at.lt.2026-01-30T12:00:30+00:00,"
         "latest_inbound_message_created_at.is.null)",
@@ -199,7 +199,7 @@ def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_pa
     summary = run_job(plan)
     assert summary.run is not None
     with Journal.open(tmp_path / "run") as journal:
-        assert journal.meta()["settings"]["guard"] == plan.settings.guard
+        assert journal.meta()["settings"]["query_guard"] == plan.settings.query_guard
     record = json.loads((tmp_path / "run" / "query.json").read_text())
     assert record["dates"] == {"{now-30d}": "2026-01-30T12:00:30+00:00"}
     assert record["resolved_at"] == "2026-03-01T12:00:30+00:00"

@@ -178,3 +178,12 @@ def test_a_new_field_with_metadata_is_a_flag_a_job_key_and_a_docs_row(tmp_path: 
     assert found["key"] is True
     assert found["refused"].endswith("limits.max_rows: must be at least 1, got 0 (an integer)")
     assert "| `[limits] max_rows` | `--max-rows` | the most rows to read |" in found["row"]
+
+
+def test_settings_journaled_under_an_earlier_name_are_read_under_the_current_one() -> None:
+    """A journal written when the query's filters were the setting `guard` resumes with them
+    as `query_guard`: dropped as an unknown name, a resumed job would PATCH without them."""
+    filters = {"status": "eq.open"}
+    meta = {**RunSettings("in.csv").to_meta(), "guard": filters}
+    del meta["query_guard"]
+    assert RunSettings.from_meta(meta, token="t").query_guard == filters

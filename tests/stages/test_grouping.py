@@ -32,7 +32,7 @@ def collect_groups(
 
     async def main() -> None:
         send, receive = anyio.create_memory_object_stream[list[RowRequest]](2)
-        grouper = Grouper(receive, batch_size=batch_size, max_wait=0.5)
+        grouper = Grouper(receive, batch_size=batch_size, fill_wait=0.5)
 
         async def produce() -> None:
             async with send:
@@ -80,12 +80,12 @@ def test_ten_target_combinations_cost_about_one_request_per_full_group() -> None
 
 
 def test_a_lone_row_is_sent_after_the_short_wait_even_while_input_is_open() -> None:
-    """A partial group does not wait for the input to end: it goes out after max_wait."""
+    """A partial group does not wait for the input to end: it goes out after fill_wait."""
     sent_at: list[float] = []
 
     async def main() -> None:
         send, receive = anyio.create_memory_object_stream[list[RowRequest]](2)
-        grouper = Grouper(receive, batch_size=50, max_wait=0.5)
+        grouper = Grouper(receive, batch_size=50, fill_wait=0.5)
         async with send, receive, anyio.create_task_group() as tasks:
 
             async def work() -> None:
@@ -111,13 +111,13 @@ def test_split_keeps_order_and_change() -> None:
     assert [row for part in parts for row in part.rows] == list(group.rows)
 
 
-def test_rows_trickling_in_never_wait_longer_than_max_wait() -> None:
-    """Rows of many changes arriving one by one: each goes out max_wait after it arrived."""
+def test_rows_trickling_in_never_wait_longer_than_fill_wait() -> None:
+    """Rows of many changes arriving one by one: each goes out fill_wait after it arrived."""
     sent: list[tuple[int, float]] = []
 
     async def main() -> None:
         send, receive = anyio.create_memory_object_stream[list[RowRequest]](100)
-        grouper = Grouper(receive, batch_size=50, max_wait=0.5)
+        grouper = Grouper(receive, batch_size=50, fill_wait=0.5)
         rows = make_rows(list(range(len(CHANGES))))
         async with send, receive, anyio.create_task_group() as tasks:
 
