@@ -32,7 +32,7 @@ _PUBLIC = {
     "run_status": "pipeline.orchestrator.status",
     "export_report": "pipeline.orchestrator.status",
     "load_job": "pipeline.commands.job_file",
-    "plan_job": "pipeline.commands.jobs",
+    "resolve_job": "pipeline.commands.jobs",
     "run_job": "pipeline.commands.jobs",
     "run_job_async": "pipeline.commands.jobs",
     "diagnose": "pipeline.commands.doctor.diagnosis",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them (`X as X`: 
     from pipeline.api.quota import QuotaExhausted as QuotaExhausted
     from pipeline.commands.doctor.diagnosis import diagnose as diagnose
     from pipeline.commands.job_file import load_job as load_job
-    from pipeline.commands.jobs import plan_job as plan_job
+    from pipeline.commands.jobs import resolve_job as resolve_job
     from pipeline.commands.jobs import run_job as run_job
     from pipeline.commands.jobs import run_job_async as run_job_async
     from pipeline.core.errors import AuthError as AuthError

@@ -22,7 +22,7 @@ PUBLIC = {
     "run_status",
     "export_report",
     "load_job",
-    "plan_job",
+    "resolve_job",
     "run_job",
     "run_job_async",
     "diagnose",

@@ -30,7 +30,7 @@ import pytest
 
 from pipeline.api.client import MateoClient
 from pipeline.commands.job_file import load_job
-from pipeline.commands.jobs import plan_job
+from pipeline.commands.jobs import resolve_job
 from pipeline.core.errors import InputError, SafetyError
 from pipeline.core.models import Change, ConversationIds
 from pipeline.orchestrator.runner import RunSettings, apply_plan, run
@@ -812,11 +812,11 @@ def test_resume_works_after_the_run_directory_is_moved(sandbox: Sandbox, tmp_pat
 
 
 def test_a_none_flag_does_not_override_the_job_files_rate() -> None:
-    """I: plan_job(spec, {"rate": None}) keeps the job file's rate, not unlimited."""
+    """I: resolve_job(spec, {"rate": None}) keeps the job file's rate, not unlimited."""
     spec = load_job(REPO / "jobs" / "close-stale.toml")
     assert spec.options["rate"] == 2
-    plan = plan_job(spec, {"rate": None}, token="t")
-    assert plan.settings.rate == 2.0
+    job = resolve_job(spec, {"rate": None}, token="t")
+    assert job.settings.rate == 2.0
 
 
 class _LoopbackOnly(httpx.AsyncBaseTransport):

@@ -52,14 +52,14 @@ def job_command(args: argparse.Namespace) -> int:
 
 
 def job_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given to `job`, by option name, as `plan_job` takes them."""
+    """The flags given to `job`, by option name, as `resolve_job` takes them."""
     flags = {
         name: value
         for name, value in vars(args).items()
         if value is not NOT_GIVEN and not (name in ("map", "set") and value is None)
     }
     if "rate" in flags and flags["rate"] is None:
-        flags["rate"] = "unlimited"  # --rate unlimited; to plan_job, None means "not given"
+        flags["rate"] = "unlimited"  # --rate unlimited; to resolve_job, None means "not given"
     return flags
 
 
@@ -74,61 +74,63 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
     notifier = jobs.job_notifier(spec, flags.get("notify_url"))
     check_metrics_file(options["metrics_file"])
     if args.check:
-        plan = jobs.plan_job(spec, flags, default_base_url=base_url)
-        jobs.check_job(plan)
-        print(jobs.describe_job(plan))
+        job = jobs.resolve_job(spec, flags, default_base_url=base_url)
+        jobs.check_job(job)
+        print(jobs.describe_job(job))
         if notifier is not None:
             print(f"  notify: {notifier.host} on {', '.join(ordered(notifier.on))}")
         print(f"{spec.path}: ok")
         return 0
 
-    def run_notified(plan: jobs.JobPlan, **hooks: Any) -> jobs.JobSummary:
+    def run_notified(job: jobs.ResolvedJob, **hooks: Any) -> jobs.JobSummary:
         try:
-            return jobs.run_job(plan, **hooks, **as_a_command())
+            return jobs.run_job(job, **hooks, **as_a_command())
         except (RunStopped, SafetyError) as error:
             # A stop before the run could sum up (in the query's GETs) is worth an alert too.
             notify_stopped(
                 notifier,
                 error,
                 command=f"job {spec.name}",
-                token=plan.settings.token,
+                token=job.settings.token,
                 json_log=events is not None,
             )
             raise
 
-    def run_planned(plan: jobs.JobPlan) -> jobs.JobSummary:
+    def run_resolved(job: jobs.ResolvedJob) -> jobs.JobSummary:
         if events is not None:
             events.start(
                 command="job",
                 job=spec.name,
                 description=spec.description,
-                source="query" if plan.query else "file",
-                dry_run=plan.settings.dry_run,
-                run_dir=plan.settings.run_dir,
+                source="query" if job.query else "file",
+                dry_run=job.settings.dry_run,
+                run_dir=job.settings.run_dir,
             )
             return run_notified(
-                plan,
+                job,
                 on_progress=None if options["quiet"] else events,
                 on_selected=events.selected,
-                confirm=confirmation(plan.settings) if may_ask(args) else None,
+                confirm=confirmation(job.settings) if may_ask(args) else None,
             )
         with progress_display(options["quiet"]) as display:
-            confirm = confirmation(plan.settings, display) if may_ask(args) else None
+            confirm = confirmation(job.settings, display) if may_ask(args) else None
             return run_notified(
-                plan, on_progress=display, on_selected=_print_selected, confirm=confirm
+                job, on_progress=display, on_selected=_print_selected, confirm=confirm
             )
 
     if options["sandbox"]:
-        plan = jobs.plan_job(spec, flags, default_base_url=base_url)
+        job = jobs.resolve_job(spec, flags, default_base_url=base_url)
         # A query job reads its rows even on a dry run, so the sandbox starts for one too.
         sandbox = argparse.Namespace(sandbox=True)
-        with sandbox_for(sandbox, plan.settings, quiet=events is not None) as settings:
+        with sandbox_for(sandbox, job.settings, quiet=events is not None) as settings:
             if events is not None:
                 events.emit("sandbox", base_url=settings.base_url)
-            summary = run_planned(dataclasses.replace(plan, settings=settings))
+            summary = run_resolved(dataclasses.replace(job, settings=settings))
     else:
         token = read_token(argparse.Namespace(token_file=options["token_file"]))
-        summary = run_planned(jobs.plan_job(spec, flags, token=token, default_base_url=base_url))
+        summary = run_resolved(
+            jobs.resolve_job(spec, flags, token=token, default_base_url=base_url)
+        )
     if summary.run is None:
         print(
             f"the query selected no conversations: nothing to change "
@@ -139,7 +141,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
         print(summary_text(summary.run))
     else:
         print_summary(summary.run)
-    share = summary.plan.max_failed_share
+    share = summary.resolved.max_failed_share
     if share is not None and summary.run is not None:
         print(f"failed share: {summary.failed_share:.1%} (max_failed_share {share:g})")
         if summary.failed_share > share and events is None:
@@ -154,7 +156,7 @@ def _run_job(args: argparse.Namespace, spec: Any, flags: dict[str, Any], events:
     notify_job(
         notifier,
         summary,
-        token=summary.plan.settings.token,
+        token=summary.resolved.settings.token,
         json_log=events is not None,
         sandbox=options["sandbox"],
     )

@@ -139,10 +139,10 @@ class JsonEvents:
 
     def job_summary(self, job: JobSummary) -> None:
         """The summary of a job, including one whose query selected nothing."""
-        extra: dict[str, Any] = {"job": job.plan.spec.name}
-        if job.plan.max_failed_share is not None:
+        extra: dict[str, Any] = {"job": job.resolved.spec.name}
+        if job.resolved.max_failed_share is not None:
             extra["failed_share"] = round(job.failed_share, 6)
-            extra["max_failed_share"] = job.plan.max_failed_share
+            extra["max_failed_share"] = job.resolved.max_failed_share
         if job.selected is not None:
             extra["query_requests"] = job.selected.requests
         if job.run is not None:
@@ -151,7 +151,7 @@ class JsonEvents:
         self.emit(
             "summary",
             exit_code=job.exit_code,
-            dry_run=job.plan.settings.dry_run,
+            dry_run=job.resolved.settings.dry_run,
             rows=0,
             counts={},
             requests=0,

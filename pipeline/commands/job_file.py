@@ -82,7 +82,7 @@ _SOURCE_KEYS = ("file", "map", "query", *_OPTIONS["source"])
 _NOTIFY_KEYS = ("url", "on")
 #: What a job gets for an option neither its file nor a flag gives (RunSettings' defaults).
 JOB_DEFAULTS: dict[str, Any] = {
-    # base_url's None: MATEO_BASE_URL or Mateo's URL (plan_job's default_base_url).
+    # base_url's None: MATEO_BASE_URL or Mateo's URL (resolve_job's default_base_url).
     **{option.name: option.default for option in run_options()},
     "token_file": None,
     "sandbox": False,

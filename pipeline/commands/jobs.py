@@ -1,12 +1,12 @@
-"""Running a job file: plan_job(spec, flags) layers the command line over a JobSpec (a flag
-beats the file, the file beats the default) into RunSettings. run_job(plan) runs it: a file
+"""Running a job file: resolve_job(spec, flags) layers the command line over a JobSpec (a flag
+beats the file, the file beats the default) into RunSettings. run_job(job) runs it: a file
 source as `mateo-bulk run` would, a query source by first reading the ids its filters select
 (query_source), which then also guard every PATCH. Reading the file is pipeline.commands.job_file.
 
 from pipeline.commands.job_file import load_job
-from pipeline.commands.jobs import plan_job, run_job
-plan = plan_job(load_job("jobs/close-stale.toml"), token=token)
-summary = run_job(plan)
+from pipeline.commands.jobs import resolve_job, run_job
+job = resolve_job(load_job("jobs/close-stale.toml"), token=token)
+summary = run_job(job)
 print(summary.exit_code, summary.report_path)
 """
 
@@ -79,7 +79,7 @@ def job_options(spec: JobSpec, flags: Mapping[str, Any] | None = None) -> dict[s
     """Every option's value: the flag if given, else the file's, else the default.
 
     `flags` holds the flags given on the command line (or by a Python caller), by option name.
-    None means "not given", never "unlimited": `plan_job(spec, {"rate": None})` keeps the job
+    None means "not given", never "unlimited": `resolve_job(spec, {"rate": None})` keeps the job
     file's reviewed rate. An unlimited rate is spelt as in the file: "unlimited".
     """
     given = {
@@ -108,7 +108,7 @@ def expand_path(template: str, job: str, now: datetime) -> Path:
 
 
 @dataclass(frozen=True)
-class JobPlan:
+class ResolvedJob:
     """A job ready to run: its spec, the merged options and the run's settings."""
 
     spec: JobSpec
@@ -119,14 +119,14 @@ class JobPlan:
     max_failed_share: float | None
 
 
-def plan_job(
+def resolve_job(
     spec: JobSpec,
     flags: Mapping[str, Any] | None = None,
     *,
     token: str = "",
     default_base_url: str = DEFAULT_BASE_URL,
     now: datetime | None = None,
-) -> JobPlan:
+) -> ResolvedJob:
     """Merge flags over the file into RunSettings; resolve the query's dates (once, here).
 
     `flags` may also hold "map" and "set": lists of FIELD=VALUE, merged field by field over
@@ -167,18 +167,18 @@ def plan_job(
             if option.name not in ("base_url", "run_dir", "report")
         },
     )
-    return JobPlan(spec, settings, options, query, spec.max_failed_share)
+    return ResolvedJob(spec, settings, options, query, spec.max_failed_share)
 
 
-def check_job(plan: JobPlan) -> None:
+def check_job(job: ResolvedJob) -> None:
     """Everything that can be checked without the network (`mateo-bulk job FILE --check`).
 
     The file was parsed and typed by load_job; here the settings are checked as a run would,
     and a file source is opened: it must exist, and its header must hold the columns.
     """
-    spec, settings = plan.spec, plan.settings
+    spec, settings = job.spec, job.settings
     dataclasses.replace(settings, dry_run=True).check()
-    if plan.options.get("base_url"):
+    if job.options.get("base_url"):
         check_base_url(settings.base_url)
     if isinstance(spec.source, FileSource):
         keys = ("source", "map") if spec.column_map else ("source", "file")
@@ -201,7 +201,7 @@ def check_job(plan: JobPlan) -> None:
 class JobSummary:
     """What a job did: the run's summary, and for a query source what the query selected."""
 
-    plan: JobPlan
+    resolved: ResolvedJob
     #: None when the query selected nothing: then nothing was sent but the query's GETs.
     run: RunSummary | None
     selected: SelectedIds | None = None
@@ -213,8 +213,8 @@ class JobSummary:
 
     @property
     def run_dir(self) -> Path:
-        assert self.plan.settings.run_dir is not None
-        return self.run.run_dir if self.run else self.plan.settings.run_dir
+        assert self.resolved.settings.run_dir is not None
+        return self.run.run_dir if self.run else self.resolved.settings.run_dir
 
     @property
     def total_rows(self) -> int:
@@ -242,13 +242,13 @@ class JobSummary:
         """
         if self.run is None:
             return 0
-        if self.run.stopped is not None or self.plan.max_failed_share is None:
+        if self.run.stopped is not None or self.resolved.max_failed_share is None:
             return self.run.exit_code
-        return 1 if self.failed_share > self.plan.max_failed_share else 0
+        return 1 if self.failed_share > self.resolved.max_failed_share else 0
 
 
 def run_job(
-    plan: JobPlan,
+    job: ResolvedJob,
     *,
     on_progress: ProgressCallback | None = None,
     on_selected: Callable[[SelectedIds], None] | None = None,
@@ -265,7 +265,7 @@ def run_job(
     return anyio.run(
         functools.partial(
             run_job_async,
-            plan,
+            job,
             on_progress=on_progress,
             on_selected=on_selected,
             transport=transport,
@@ -277,7 +277,7 @@ def run_job(
 
 
 async def run_job_async(
-    plan: JobPlan,
+    job: ResolvedJob,
     *,
     on_progress: ProgressCallback | None = None,
     on_selected: Callable[[SelectedIds], None] | None = None,
@@ -287,7 +287,7 @@ async def run_job_async(
     stored_answers: AnswersLookup | None = None,
 ) -> JobSummary:
     """The same as `run_job`, inside a running event loop."""
-    settings = plan.settings
+    settings = job.settings
     start_run = functools.partial(
         run_async,
         on_progress=on_progress,
@@ -296,9 +296,9 @@ async def run_job_async(
         handle_signals=handle_signals,
         stored_answers=stored_answers,
     )
-    if plan.query is None:
+    if job.query is None:
         summary = await start_run(settings)
-        return JobSummary(plan, summary)
+        return JobSummary(job, summary)
     settings.check()
     if not settings.token:
         raise InputError(
@@ -314,7 +314,7 @@ async def run_job_async(
             "or choose another run_dir (a {timestamp} placeholder keeps them apart)"
         )
     made_run_dir = not run_dir.exists()
-    selected = await select_ids(plan.query, settings, run_dir, transport=transport)
+    selected = await select_ids(job.query, settings, run_dir, transport=transport)
     if on_selected is not None:
         on_selected(selected)
     try:
@@ -324,7 +324,7 @@ async def run_job_async(
             # of a job run again, so it ends here: an empty report, nothing sent but the GETs.
             report = report_path(run_dir, settings.report)
             await anyio.to_thread.run_sync(write_report, [], report)
-            return JobSummary(plan, None, selected, report)
+            return JobSummary(job, None, selected, report)
         if settings.max_requests is not None:
             # The GETs count toward the job's own request limit, as they do toward the day's.
             left = settings.max_requests - selected.requests
@@ -346,7 +346,7 @@ async def run_job_async(
         requests=summary.requests + selected.requests,
         retries=summary.retries + selected.retries,
     )
-    return JobSummary(plan, summary, selected)
+    return JobSummary(job, summary, selected)
 
 
 def _check_selection(settings: RunSettings, selected: SelectedIds) -> None:
@@ -365,12 +365,12 @@ def _check_selection(settings: RunSettings, selected: SelectedIds) -> None:
         )
 
 
-def describe_job(plan: JobPlan) -> str:
+def describe_job(job: ResolvedJob) -> str:
     """A few lines saying what the job will do (`--check` prints them)."""
-    spec, settings = plan.spec, plan.settings
+    spec, settings = job.spec, job.settings
     lines = [f"job {spec.name}: {spec.description or '(no description)'}"]
-    if plan.query is not None:
-        filters = ", ".join(f"{column}={value}" for column, value in plan.query.resolved.items())
+    if job.query is not None:
+        filters = ", ".join(f"{column}={value}" for column, value in job.query.resolved.items())
         lines.append(f"  source: query {filters} (also the guard of every PATCH)")
     else:
         lines.append(f"  source: file {settings.input}")
@@ -392,6 +392,6 @@ def describe_job(plan: JobPlan) -> str:
         guards.append(f"exactly {settings.expect_rows:,} rows")
     if guards:
         lines.append(f"  row guards: {', '.join(guards)}")
-    if plan.max_failed_share is not None:
-        lines.append(f"  max_failed_share: {plan.max_failed_share:g}")
+    if job.max_failed_share is not None:
+        lines.append(f"  max_failed_share: {job.max_failed_share:g}")
     return "\n".join(lines)

@@ -89,7 +89,7 @@ class RunFigures:
             requests=selected.requests if selected else 0,
             retries=selected.retries if selected else 0,
             duration=duration,
-            dry_run=job.plan.settings.dry_run,
+            dry_run=job.resolved.settings.dry_run,
         )
 
 

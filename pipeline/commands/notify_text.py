@@ -96,13 +96,13 @@ def job_text(job: JobSummary, *, sandbox: bool = False) -> str:
             f"query: {job.selected.rows:,} conversations selected with "
             f"{job.selected.requests:,} GETs"
         )
-    share = job.plan.max_failed_share
+    share = job.resolved.max_failed_share
     if share is not None and job.run is not None and job.run.stopped is None:
         notes.append(
             f"failed share: {job.failed_share:.1%} ({job.failed_rows:,} of {job.total_rows:,} "
             f"rows; max_failed_share {share:g})"
         )
-    command = f"job {job.plan.spec.name}"
+    command = f"job {job.resolved.spec.name}"
     if job.run is not None:
         return run_text(
             job.run, command=command, exit_code=job.exit_code, notes=notes, sandbox=sandbox
@@ -110,7 +110,7 @@ def job_text(job: JobSummary, *, sandbox: bool = False) -> str:
     return "\n".join(
         [
             f"mateo-bulk {command} on {socket.gethostname()}: "
-            f"{_headline(job.exit_code, None, job.plan.settings.dry_run)}",
+            f"{_headline(job.exit_code, None, job.resolved.settings.dry_run)}",
             "the query selected no conversations: nothing to change",
             *notes,
             f"report: {_where(job.report_path)}",

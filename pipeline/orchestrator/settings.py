@@ -386,9 +386,7 @@ class RunSettings:
         known = {spec.name for spec in dataclasses.fields(cls)}
         arguments: dict[str, Any] = {
             name: (Path(value) if name in paths and value is not None else value)
-            for name, value in (
-                (_RENAMED.get(name, name), value) for name, value in values.items()
-            )
+            for name, value in ((_RENAMED.get(name, name), value) for name, value in values.items())
             if name in known
         }
         return cls(**{**arguments, "token": token})

@@ -16,7 +16,7 @@ from pipeline.cli.job_command import job_flags
 from pipeline.cli.main import main
 from pipeline.cli.parser import build_parser
 from pipeline.commands.job_file import OPTION_NAMES, load_job
-from pipeline.commands.jobs import JobSummary, plan_job, run_job
+from pipeline.commands.jobs import JobSummary, resolve_job, run_job
 from pipeline.commands.query_source import (
     CONVERSATION_COLUMNS,
     check_filter,
@@ -51,8 +51,8 @@ def run_example(
         "report": str(tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.csv"),
         **flags,
     }
-    plan = plan_job(load_job(JOBS / f"{name}.toml"), given, token=sandbox.token)
-    return run_job(plan, on_selected=on_selected)
+    job = resolve_job(load_job(JOBS / f"{name}.toml"), given, token=sandbox.token)
+    return run_job(job, on_selected=on_selected)
 
 
 def stderr_events(stderr: str) -> list[dict[str, Any]]:
@@ -180,7 +180,7 @@ def test_row_that_stops_matching_is_conflict(
 def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_path: Path) -> None:
     """{now-30d} becomes one UTC timestamp, used by the GETs, the guard and the journal."""
     now = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
-    plan = plan_job(
+    job = resolve_job(
         load_job(JOBS / "close-stale.toml"),
         {
             "base_url": sandbox.base_url,
@@ -191,15 +191,15 @@ def test_relative_dates_are_resolved_once_and_journaled(sandbox: Sandbox, tmp_pa
         token=sandbox.token,
         now=now,
     )
-    assert plan.settings.query_guard == {
+    assert job.settings.query_guard == {
         "status": "eq.open",
         "or": "(latest_inbound_message_created_at.lt.2026-01-30T12:00:30+00:00,"
         "latest_inbound_message_created_at.is.null)",
     }
-    summary = run_job(plan)
+    summary = run_job(job)
     assert summary.run is not None
     with Journal.open(tmp_path / "run") as journal:
-        assert journal.meta()["settings"]["query_guard"] == plan.settings.query_guard
+        assert journal.meta()["settings"]["query_guard"] == job.settings.query_guard
     record = json.loads((tmp_path / "run" / "query.json").read_text())
     assert record["dates"] == {"{now-30d}": "2026-01-30T12:00:30+00:00"}
     assert record["resolved_at"] == "2026-03-01T12:00:30+00:00"
@@ -325,7 +325,7 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(tmp_path: Path) ->
             "status=archived",
         ]
     )
-    settings = plan_job(load_job(job), job_flags(args), token="t").settings
+    settings = resolve_job(load_job(job), job_flags(args), token="t").settings
     assert settings.concurrency == 3 and settings.rate is None  # flags
     assert settings.snapshot is False
     assert settings.batch_size == 10 and settings.guarded is False  # the file

@@ -429,7 +429,9 @@ def test_a_guard_leaves_rows_that_no_longer_match_alone(sandbox: Sandbox, tmp_pa
     lines.append({"conversation_id": UNKNOWN_ID, "inbox_id": target})
     before = sandbox.row(closed_id)
     summary = run(
-        settings_for(sandbox, write_csv(tmp_path / "in.csv", lines), query_guard={"status": "eq.open"})
+        settings_for(
+            sandbox, write_csv(tmp_path / "in.csv", lines), query_guard={"status": "eq.open"}
+        )
     )
     report = read_report(summary.report_path)
     assert [line["outcome"] for line in report] == ["updated"] * 3 + ["conflict", "not_found"]
