@@ -32,7 +32,7 @@ from pipeline.api.client import MateoClient
 from pipeline.commands.job_file import load_job
 from pipeline.commands.jobs import resolve_job
 from pipeline.core.errors import InputError, SafetyError
-from pipeline.core.models import Change, ConversationIds
+from pipeline.core.models import ConversationIds, FieldValues
 from pipeline.orchestrator.runner import RunSettings, apply_plan, run
 from pipeline.sandbox import Sandbox, SandboxConfig
 from tests.helpers import INBOXES, REPO, checked_sandbox, read_report, run_cli, write_csv
@@ -197,7 +197,7 @@ def test_the_client_never_puts_a_patch_without_its_id_filter_on_the_wire() -> No
             return "refused at construction"
         async with client:
             try:
-                await client.patch(ids, Change.of({"status": "closed"}))
+                await client.patch(ids, FieldValues.of({"status": "closed"}))
             except SafetyError:
                 return "refused before sending"
         return "sent"

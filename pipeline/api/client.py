@@ -25,7 +25,14 @@ import httpx
 
 from pipeline.api.wire import check_base_url, exchange, make_transport, shortened
 from pipeline.core.errors import AuthError, EndpointError, PermanentError, TransientError
-from pipeline.core.models import FIELDS, NO_GUARD, Change, ConversationIds, Guard, normalise_uuid
+from pipeline.core.models import (
+    FIELDS,
+    NO_GUARD,
+    ConversationIds,
+    FieldValues,
+    Guard,
+    normalise_uuid,
+)
 
 DEFAULT_BASE_URL = "https://integration.getmateo.com/api/v1"
 #: The environment variable that points every command and the Python API at another base URL.
@@ -91,7 +98,9 @@ class MateoClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.aclose()
 
-    async def patch(self, ids: ConversationIds, change: Change, guard: Guard = NO_GUARD) -> Answer:
+    async def patch(
+        self, ids: ConversationIds, change: FieldValues, guard: Guard = NO_GUARD
+    ) -> Answer:
         """PATCH the conversations named by `ids` (and still matching `guard`) with `change`."""
         url = f"{self._endpoint}?id={ids.filter_value()}{_guard_query(guard)}&select={SELECT}"
         # return=representation and select together get a body back whether the proxy follows

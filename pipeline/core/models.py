@@ -85,13 +85,17 @@ def same_value(value: str | None, other: str | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
-    """The target values of one row: only the fields present are sent; None means JSON null."""
+class FieldValues:
+    """Values of some of a conversation's FIELDS, in FIELDS order; None means JSON null.
+
+    A row's change (the targets a PATCH sends), its expected values (expect_* columns) and its
+    values before the change (the snapshot) are each one of these.
+    """
 
     values: tuple[tuple[str, str | None], ...]
 
     @classmethod
-    def of(cls, values: Mapping[str, str | None]) -> Change:
+    def of(cls, values: Mapping[str, str | None]) -> FieldValues:
         unknown = set(values) - set(FIELDS)
         if unknown:
             raise ValueError(f"unknown fields: {sorted(unknown)}")
@@ -182,15 +186,15 @@ class RowRequest:
 
     row: int
     conversation_id: str
-    change: Change
+    change: FieldValues
     #: Extra filters the row's PATCH carries (the values it had when planned).
     guard: Guard = NO_GUARD
     #: Values the row must still hold to be changed (an input's expect_* columns: an undo
     #: file expects the values the run set, so it never overwrites a later change).
-    expected: Change = Change(())
+    expected: FieldValues = FieldValues(())
     #: The row's values as read before the change (the snapshot: every field in FIELDS), or
     #: as an earlier session's write-ahead intent recorded them.
-    before: Change | None = None
+    before: FieldValues | None = None
     #: An earlier session sent this row's PATCH and never journaled its result: it may have
     #: been applied, so a row found at its target is this run's doing (`updated`).
     maybe_applied: bool = False
@@ -212,7 +216,7 @@ class RowResult:
     row: int
     conversation_id: str
     outcome: Outcome
-    change: Change = field(default_factory=lambda: Change(()))
+    change: FieldValues = field(default_factory=lambda: FieldValues(()))
     http_status: int | None = None
     attempts: int = 0
     error_code: str | None = None

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pipeline.core.models import NO_GUARD, Change, ConversationIds, Guard, RowRequest
+from pipeline.core.models import NO_GUARD, ConversationIds, FieldValues, Guard, RowRequest
 
 
 @dataclass(frozen=True)
 class Group:
     """The rows one request covers: all share one change."""
 
-    change: Change
+    change: FieldValues
     rows: tuple[RowRequest, ...]
     guard: Guard = NO_GUARD
 
@@ -60,9 +60,9 @@ class Grouper:
         self.batch_size = batch_size
         self._fill_wait = fill_wait
         self._max_buffered = max_buffered or max(1_000, 20 * batch_size)
-        self._pending: dict[tuple[Change, Guard], list[RowRequest]] = {}
+        self._pending: dict[tuple[FieldValues, Guard], list[RowRequest]] = {}
         #: When each pending group got its first row.
-        self._since: dict[tuple[Change, Guard], float] = {}
+        self._since: dict[tuple[FieldValues, Guard], float] = {}
         self._ready: deque[Group] = deque()
         self._buffered = 0
         self._exhausted = False

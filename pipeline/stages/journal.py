@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
-from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.core.models import FieldValues, Outcome, RowRequest, RowResult
 from pipeline.core.run_dir import JOURNAL_NAME, RunDir
 from pipeline.stages.journal_batches import result_batches
 from pipeline.stages.journal_columns import ColumnBatch, ColumnsWriter, column_batch
@@ -241,7 +241,7 @@ class Journal:
                 ],
             )
 
-    def open_intents(self, first: int, last: int) -> dict[int, Change | None]:
+    def open_intents(self, first: int, last: int) -> dict[int, FieldValues | None]:
         """Rows in [first, last] sent by an earlier session whose outcome is still open.
 
         Their PATCH may have been applied; the value is their before-values, when known.

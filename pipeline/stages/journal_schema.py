@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
-from pipeline.core.models import Change, Outcome, RowResult
+from pipeline.core.models import FieldValues, Outcome, RowResult
 
 #: The version of the journal's tables this code writes and reads (`PRAGMA user_version`).
 JOURNAL_VERSION = 1
@@ -161,6 +161,6 @@ def result_from_record(record: tuple[Any, ...]) -> RowResult:
     )
 
 
-def change_from_json(text: str) -> Change:
+def change_from_json(text: str) -> FieldValues:
     """A change as the journal keeps it: the JSON of its (field, value) pairs."""
-    return Change(tuple(tuple(pair) for pair in json.loads(text)))
+    return FieldValues(tuple(tuple(pair) for pair in json.loads(text)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import arrays
-from pipeline.core.models import FIELDS, Change, InvalidRow, Outcome, RowRequest, RowResult
+from pipeline.core.models import FIELDS, FieldValues, InvalidRow, Outcome, RowRequest, RowResult
 from pipeline.stages.input.input_file import InputFile
 from pipeline.stages.spool import RowSpool, release_memory
 from pipeline.stages.validate import decode_change, validate_batch
@@ -271,9 +271,9 @@ def sort_batch(
     columns = checked.to_pydict()
     invalid: list[RowResult] = []
     to_send: list[RowRequest] = []
-    changes: dict[tuple[Any, ...], Change] = {}
+    changes: dict[tuple[Any, ...], FieldValues] = {}
 
-    def change(values: tuple[Any, ...]) -> Change:
+    def change(values: tuple[Any, ...]) -> FieldValues:
         known = changes.get(values)
         if known is None:
             known = changes[values] = decode_change(values)
@@ -364,7 +364,7 @@ def dry_run_columns(
 
 
 def change_json(targets: list[pyarrow.Array]) -> pyarrow.Array:
-    """Each row's Change as the journal keeps it, `json.dumps(change.values)`, from checked
+    """Each row's FieldValues as the journal keeps it, `json.dumps(change.values)`, from checked
     FIELDS columns: made once per distinct change."""
     import pyarrow.compute as pc
 

@@ -20,8 +20,8 @@ from pipeline.api.client import returned_values
 from pipeline.api.request_path import PAGE_SIZE, RequestPath, RunControl
 from pipeline.core.errors import RemoteError, RunStopped
 from pipeline.core.models import (
-    Change,
     ConversationIds,
+    FieldValues,
     Guard,
     Outcome,
     RowRequest,
@@ -75,7 +75,7 @@ def decide(
             returned=values,
             error_message=f"{', '.join(mismatched)} {why}; left alone",
         )
-    before = row.before if then is not None and row.before else Change.of(values)
+    before = row.before if then is not None and row.before else FieldValues.of(values)
     if then is None and holds_target(row, values):
         return RowResult(
             row.row,
@@ -88,7 +88,7 @@ def decide(
     return _guarded(row, before, guarded)
 
 
-def _guarded(row: RowRequest, before: Change, guarded: bool) -> RowRequest:
+def _guarded(row: RowRequest, before: FieldValues, guarded: bool) -> RowRequest:
     """The row with its before-values, and guarded by those of the fields it changes.
 
     Only the changed fields guard it: a guard on every field would split groups by values the

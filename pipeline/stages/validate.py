@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from pipeline.core import arrays
 from pipeline.core.errors import InputError
-from pipeline.core.models import FIELDS, NULLABLE_FIELDS, STATUSES, Change, InvalidRow, RowRequest
+from pipeline.core.models import (
+    FIELDS,
+    NULLABLE_FIELDS,
+    STATUSES,
+    FieldValues,
+    InvalidRow,
+    RowRequest,
+)
 from pipeline.stages.input.input_file import InputRow, RowBatch
 
 if TYPE_CHECKING:
@@ -154,9 +161,9 @@ def validate_row(row: InputRow, fixed: Mapping[str, str | None]) -> RowRequest |
         return InvalidRow(row.row, conversation_id, "; ".join(problems))
     if not values:
         return InvalidRow(row.row, conversation_id, "nothing to change")
-    # Built in FIELDS order from known fields, so Change.of's checks are already satisfied.
+    # Built in FIELDS order from known fields, so FieldValues.of's checks are already satisfied.
     return RowRequest(
-        row.row, conversation_id, Change(tuple(values)), expected=Change(tuple(expected))
+        row.row, conversation_id, FieldValues(tuple(values)), expected=FieldValues(tuple(expected))
     )
 
 
@@ -376,9 +383,9 @@ def _encode(values: Mapping[str, str | None], field: str) -> str | None:
     return JSON_NULL if value is None else value
 
 
-def decode_change(values: Sequence[str | None]) -> Change:
-    """The Change a checked batch's FIELDS columns hold for one row."""
-    return Change(
+def decode_change(values: Sequence[str | None]) -> FieldValues:
+    """The FieldValues a checked batch's FIELDS columns hold for one row."""
+    return FieldValues(
         tuple(
             (field, None if value == JSON_NULL else value)
             for field, value in zip(FIELDS, values, strict=True)

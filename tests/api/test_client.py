@@ -21,13 +21,13 @@ from pipeline.core.errors import (
     PermanentError,
     TransientError,
 )
-from pipeline.core.models import Change, ConversationIds
+from pipeline.core.models import ConversationIds, FieldValues
 
 TOKEN = "secret-token-abcdefghijklmnop"
 IDS = ConversationIds(
     ["3c90c3cc-0d44-4b50-8888-8dd25736052a", "3c90c3cc-0d44-4b50-8888-8dd25736052b"]
 )
-CHANGE = Change.of({"status": "closed"})
+CHANGE = FieldValues.of({"status": "closed"})
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -13,7 +13,7 @@ from pipeline.api.client import MateoClient, _parse_seconds
 from pipeline.api.request_path import RequestPath, RunControl
 from pipeline.api.wire import check_base_url, check_patch_target
 from pipeline.core.errors import InputError, RunStopped, SafetyError, TransientError
-from pipeline.core.models import Change, ConversationIds, Guard
+from pipeline.core.models import ConversationIds, FieldValues, Guard
 from pipeline.sandbox import Sandbox
 
 A = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
@@ -65,7 +65,7 @@ def test_the_client_sends_nothing_when_the_check_fails() -> None:
         ) as client:
             # Bypass the constructor's URL check, as a future bug might.
             client._endpoint = "https://api.example.test/api/v1/conversation#"
-            await client.patch(IDS, Change.of({"status": "closed"}))
+            await client.patch(IDS, FieldValues.of({"status": "closed"}))
 
     with pytest.raises(SafetyError):
         anyio.run(main)
@@ -115,7 +115,7 @@ def test_a_deeply_nested_answer_is_a_failed_attempt_not_a_crash() -> None:
         async with MateoClient(
             "https://api.example.test/api/v1", "token", transport=transport
         ) as client:
-            await client.patch(IDS, Change.of({"status": "closed"}))
+            await client.patch(IDS, FieldValues.of({"status": "closed"}))
 
     with pytest.raises(TransientError) as raised:
         anyio.run(main)
@@ -134,7 +134,7 @@ def test_a_token_echoed_at_the_cut_is_redacted_before_it_is_shortened() -> None:
         async with MateoClient(
             "https://api.example.test/api/v1", token, transport=transport
         ) as client:
-            await client.patch(IDS, Change.of({"status": "closed"}))
+            await client.patch(IDS, FieldValues.of({"status": "closed"}))
 
     with pytest.raises(Exception) as raised:
         anyio.run(main)

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import arrays
-from pipeline.core.models import FIELDS, Change, InvalidRow, Outcome, RowResult
+from pipeline.core.models import FIELDS, FieldValues, InvalidRow, Outcome, RowResult
 from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.stages.input.input_file import DEFAULT_CHUNK_ROWS
 from pipeline.stages.input.opening import open_input
@@ -42,7 +42,7 @@ texts = st.one_of(
 values = st.one_of(st.none(), st.sampled_from([ID_1, "closed", "open"]))
 changes = st.lists(st.sampled_from(FIELDS), unique=True).flatmap(
     lambda names: st.tuples(*(values for _ in names)).map(
-        lambda found: Change(tuple(zip(sorted(names, key=FIELDS.index), found, strict=True)))
+        lambda found: FieldValues(tuple(zip(sorted(names, key=FIELDS.index), found, strict=True)))
     )
 )
 mappings = st.one_of(st.none(), st.dictionaries(st.sampled_from(FIELDS), values))
@@ -120,7 +120,7 @@ def reference_dry_run(path: Path) -> list[dict[str, str]]:
     with open_input(path) as input_file:
         checked = [validate_row(row, {}) for chunk in input_file.chunks() for row in chunk]
     rows_of: dict[str, list[int]] = {}
-    changes_of: dict[str, set[Change]] = {}
+    changes_of: dict[str, set[FieldValues]] = {}
     for each in checked:
         if isinstance(each, InvalidRow):
             continue

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from pipeline.core.models import Change, RowRequest
+from pipeline.core.models import FieldValues, RowRequest
 from pipeline.stages.grouping import Group, Grouper
 
-CHANGES = [Change.of({"status": status}) for status in ("open", "closed", "archived")] + [
-    Change.of({"inbox_id": str(uuid.UUID(int=n))}) for n in range(1, 8)
+CHANGES = [FieldValues.of({"status": status}) for status in ("open", "closed", "archived")] + [
+    FieldValues.of({"inbox_id": str(uuid.UUID(int=n))}) for n in range(1, 8)
 ]
 
 

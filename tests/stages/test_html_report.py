@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.models import Change, Outcome, RowResult
+from pipeline.core.models import FieldValues, Outcome, RowResult
 from pipeline.sandbox import Sandbox
 from pipeline.stages.html_report import write_html_report
 from pipeline.stages.journal import Journal
@@ -258,7 +258,7 @@ def test_a_journal_from_before_the_timeline_still_gets_a_report(tmp_path: Path) 
             "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
         )
     with Journal.open(run_dir) as journal:
-        change = Change((("status", "closed"),))
+        change = FieldValues((("status", "closed"),))
         journal.record(
             [
                 RowResult(1, UNKNOWN_ID, Outcome.UPDATED, change=change, before={"status": "open"}),
@@ -361,13 +361,13 @@ def test_transitions_past_the_first_thirty_are_counted_not_shown(tmp_path: Path)
         for number in range(1, 36):
             target = f"00000000-0000-4000-8000-{number:012x}"
             for _ in range(number % 4 + 1):
-                results.append((Change((("inbox_id", target),)), None))
+                results.append((FieldValues((("inbox_id", target),)), None))
         results += [
-            (Change((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
-            (Change((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
-            (Change((("status", "Closed"),)), {"status": "closed"}),  # already there
-            (Change((("assignee_id", None),)), {"assignee_id": AGENTS[0]}),
-            (Change((("assignee_id", AGENTS[1]),)), {"assignee_id": None}),
+            (FieldValues((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
+            (FieldValues((("status", "closed"), ("assignee_id", None))), {"status": "open"}),
+            (FieldValues((("status", "Closed"),)), {"status": "closed"}),  # already there
+            (FieldValues((("assignee_id", None),)), {"assignee_id": AGENTS[0]}),
+            (FieldValues((("assignee_id", AGENTS[1]),)), {"assignee_id": None}),
         ]
         journal.record(
             [
@@ -377,7 +377,7 @@ def test_transitions_past_the_first_thirty_are_counted_not_shown(tmp_path: Path)
             + [
                 RowResult(
                     len(results) + 1, UNKNOWN_ID, Outcome.UPDATED,
-                    change=Change((("status", "closed"),)), before={"status": "open"},
+                    change=FieldValues((("status", "closed"),)), before={"status": "open"},
                 ),
             ]
         )  # fmt: skip

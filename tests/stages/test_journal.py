@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.core.models import FieldValues, Outcome, RowRequest, RowResult
 from pipeline.stages.journal import JOURNAL_NAME, Journal
 from pipeline.stages.journal_schema import JOURNAL_VERSION, RESULT_COLUMNS
 
@@ -85,19 +85,23 @@ def test_a_journal_written_before_versions_is_read_and_marked_current(tmp_path: 
             1,
             CONVERSATION,
             Outcome.UPDATED,
-            change=Change((("status", "open"),)),
+            change=FieldValues((("status", "open"),)),
             attempts=1,
             before={"status": "closed"},
         )
         (batch,) = journal.result_batches()
         assert batch.schema.names == list(RESULT_COLUMNS)
         assert batch.column("before").to_pylist() == ['{"status": "closed"}']
-        assert journal.open_intents(1, 2) == {2: Change((("status", "snoozed"),))}
+        assert journal.open_intents(1, 2) == {2: FieldValues((("status", "snoozed"),))}
         assert journal.done_rows(1, 2) == {1}
         journal.record_event("resume")  # the events table came later: it is made
-        journal.record_intents([RowRequest(3, CONVERSATION, Change((("status", "open"),)))])
+        journal.record_intents([RowRequest(3, CONVERSATION, FieldValues((("status", "open"),)))])
         journal.record(
-            [RowResult(3, CONVERSATION, Outcome.UNCHANGED, change=Change((("status", "open"),)))]
+            [
+                RowResult(
+                    3, CONVERSATION, Outcome.UNCHANGED, change=FieldValues((("status", "open"),))
+                )
+            ]
         )
         assert journal.counts()[Outcome.UNCHANGED] == 1
     assert version_of(path) == JOURNAL_VERSION

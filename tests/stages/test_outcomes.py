@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core.models import Change, Outcome, RowRequest, RowResult
+from pipeline.core.models import FieldValues, Outcome, RowRequest, RowResult
 from pipeline.stages.journal import Journal
 from pipeline.stages.side_files import _undo_record
 from pipeline.stages.snapshot import decide
@@ -22,8 +22,8 @@ def resumed_row() -> RowRequest:
     return RowRequest(
         1,
         CONVERSATION,
-        Change((("inbox_id", "inbox-b"),)),
-        before=Change(tuple(BEFORE.items())),
+        FieldValues((("inbox_id", "inbox-b"),)),
+        before=FieldValues(tuple(BEFORE.items())),
         maybe_applied=True,
     )
 

@@ -12,7 +12,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import InputError
-from pipeline.core.models import FIELDS, STATUSES, Change, InvalidRow, RowRequest, normalise_uuid
+from pipeline.core.models import (
+    FIELDS,
+    STATUSES,
+    FieldValues,
+    InvalidRow,
+    RowRequest,
+    normalise_uuid,
+)
 from pipeline.stages.input.input_file import InputRow
 from pipeline.stages.input.opening import open_input
 from pipeline.stages.validate import UNSET, parse_cell, parse_fixed_values, validate_row
@@ -93,7 +100,7 @@ def test_any_uuid_in_any_case_and_spacing_normalises(
     assert parse_cell("inbox_id", raw) == value
     assert parse_cell("assignee_id", raw) == value
     assert validate_row(row(raw, status="open"), {}) == RowRequest(
-        7, value, Change.of({"status": "open"})
+        7, value, FieldValues.of({"status": "open"})
     )
 
 
@@ -189,7 +196,7 @@ def test_conflicting_fixed_values_are_refused() -> None:
 def test_valid_row_becomes_a_request_of_the_fields_given() -> None:
     """A valid row becomes a RowRequest with normalised id and only the fields it sets."""
     result = validate_row(row(f" {ID_1.upper()} ", inbox=ID_2, assignee=" null ", status=""), {})
-    assert result == RowRequest(7, ID_1, Change.of({"inbox_id": ID_2, "assignee_id": None}))
+    assert result == RowRequest(7, ID_1, FieldValues.of({"inbox_id": ID_2, "assignee_id": None}))
 
 
 @pytest.mark.parametrize(
@@ -229,9 +236,11 @@ def test_fixed_values_override_the_file() -> None:
     """--set values replace the file's cells for their field, even bad or empty ones."""
     fixed = parse_fixed_values(["status=closed"])
     assert validate_row(row(ID_1, inbox=ID_2, status="bogus"), fixed) == RowRequest(
-        7, ID_1, Change.of({"inbox_id": ID_2, "status": "closed"})
+        7, ID_1, FieldValues.of({"inbox_id": ID_2, "status": "closed"})
     )
-    assert validate_row(row(ID_1), fixed) == RowRequest(7, ID_1, Change.of({"status": "closed"}))
+    assert validate_row(row(ID_1), fixed) == RowRequest(
+        7, ID_1, FieldValues.of({"status": "closed"})
+    )
 
 
 cell_values = st.one_of(
