@@ -65,14 +65,15 @@ def run_cli(
     afterwards. Starting Python and importing the package again costs most of a second of CPU
     per command, which for the hundreds of commands of the suite was most of its time.
     `process=True` starts `python -m pipeline ARGS` instead, for what only a process shows
-    (the entry point itself, what it leaves behind at exit) and for `timeout`. `env` is the
-    whole environment to run with, instead of this process's without the token and base URL.
+    (the entry point itself, what it leaves behind at exit) and for `timeout`. `env` holds
+    variables to set on top of this process's environment (without its token and base URL).
     """
     environment = {
         key: value
-        for key, value in (os.environ if env is None else env).items()
-        if key not in ("MATEO_API_TOKEN", "MATEO_BASE_URL") or env is not None
+        for key, value in os.environ.items()
+        if key not in ("MATEO_API_TOKEN", "MATEO_BASE_URL")
     }
+    environment.update(env or {})
     if token is not None:
         environment["MATEO_API_TOKEN"] = token
     arguments = [str(arg) for arg in args]

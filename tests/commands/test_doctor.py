@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from pipeline.commands.doctor.diagnosis import diagnose
 from pipeline.commands.doctor.probe import MAX_REQUESTS
 from pipeline.commands.doctor.report import NOTHING_TO_DO, DoctorReport, report_text
 from pipeline.sandbox import Sandbox
+from tests.helpers import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -69,18 +67,9 @@ def what_to_do(text: str) -> list[str]:
 DOCUMENTED_LIMITS = {"rate": 1000.0, "burst": 1000}
 
 
-def run_cli(*args: str, token: str | None, state: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MATEO_")}
-    env["MATEO_BULK_STATE_DIR"] = str(state)
-    if token is not None:
-        env["MATEO_API_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "doctor", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+def _state(state_dir: Path) -> dict[str, str]:
+    """The state directory a doctor run stores its answers in."""
+    return {"MATEO_BULK_STATE_DIR": str(state_dir)}
 
 
 def test_default_sandbox_is_plain_postgrest(sandbox: Sandbox) -> None:
@@ -469,7 +458,14 @@ def test_cli_against_mateo_limits(sandbox: Sandbox, state_dir: Path) -> None:
     """As a subprocess at Mateo's 2/s: exit 0, --json, no 429, at most 2 requests a second."""
     sandbox.configure(rate=2.0, burst=2, daily_quota=10_000)
     before = sandbox.rows()
-    result = run_cli("--base-url", sandbox.base_url, "--json", token=sandbox.token, state=state_dir)
+    result = run_cli(
+        "doctor",
+        "--base-url",
+        sandbox.base_url,
+        "--json",
+        token=sandbox.token,
+        env=_state(state_dir),
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     stats = sandbox.stats()
@@ -495,12 +491,21 @@ def test_cli_against_mateo_limits(sandbox: Sandbox, state_dir: Path) -> None:
 def test_cli_exits_1_when_a_finding_needs_action(sandbox: Sandbox, state_dir: Path) -> None:
     """A forced single object: exit 1, [!!] and the remedy under "What to do", in JSON too."""
     sandbox.configure(force_single_object=True)
-    result = run_cli("--base-url", sandbox.base_url, token=sandbox.token, state=state_dir)
+    result = run_cli(
+        "doctor", "--base-url", sandbox.base_url, token=sandbox.token, env=_state(state_dir)
+    )
     assert result.returncode == 1, result.stderr
     assert "[!!] Does the proxy force a single-object answer" in result.stdout
     assert "What to do (exit code 1):" in result.stdout
     assert "Traceback" not in result.stderr
-    result = run_cli("--base-url", sandbox.base_url, "--json", token=sandbox.token, state=state_dir)
+    result = run_cli(
+        "doctor",
+        "--base-url",
+        sandbox.base_url,
+        "--json",
+        token=sandbox.token,
+        env=_state(state_dir),
+    )
     assert result.returncode == 1
     document = json.loads(result.stdout)
     assert document["exit_code"] == 1 and len(document["to_do"]) == 1
@@ -511,7 +516,7 @@ def test_cli_exits_1_when_a_finding_needs_action(sandbox: Sandbox, state_dir: Pa
 def test_cli_wrong_token(sandbox: Sandbox, state_dir: Path) -> None:
     """A refused token: exit 3 after one request, a clear message, the token nowhere."""
     wrong = "wrong-token-4f1c9a"
-    result = run_cli("--base-url", sandbox.base_url, token=wrong, state=state_dir)
+    result = run_cli("doctor", "--base-url", sandbox.base_url, token=wrong, env=_state(state_dir))
     assert result.returncode == 3
     assert "403" in result.stderr and "not valid" in result.stderr
     assert "Traceback" not in result.stderr
@@ -524,7 +529,7 @@ def test_cli_wrong_token(sandbox: Sandbox, state_dir: Path) -> None:
 
 def test_cli_sandbox_needs_no_token(state_dir: Path) -> None:
     """`doctor --sandbox` diagnoses a sandbox with Mateo's limits and stores nothing."""
-    result = run_cli("--sandbox", token=None, state=state_dir)
+    result = run_cli("doctor", "--sandbox", token=None, env=_state(state_dir))
     assert result.returncode == 0, result.stderr
     assert "[ok] Is the token valid?" in result.stdout
     assert "legend: " in result.stdout
