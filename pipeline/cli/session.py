@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.core.errors import InputError
+from pipeline.orchestrator.hooks import SessionHooks
 from pipeline.orchestrator.settings import RunSettings
 
 TOKEN_VARIABLE = "MATEO_API_TOKEN"
@@ -130,7 +131,7 @@ def confirmation(settings: RunSettings, display: Any = None) -> Callable[[int], 
     return confirm
 
 
-def as_a_command() -> dict[str, Any]:
+def as_a_command() -> SessionHooks:
     """What a run takes from the process when the CLI starts it: SIGINT/SIGTERM stop it, and
     it starts from the answers `mateo-bulk doctor` stored for the account."""
     from pipeline.api.account import load_answers

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 import httpx
@@ -37,7 +37,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
 from pipeline.core.run_dir import RunDir, default_run_dir
 from pipeline.orchestrator.event_loop import refuse_running_loop
-from pipeline.orchestrator.execute import AnswersLookup
+from pipeline.orchestrator.hooks import SessionHooks
 from pipeline.orchestrator.options import Invalid
 from pipeline.orchestrator.runner import run_async
 from pipeline.orchestrator.settings import RunSettings, check_placeholders, run_options
@@ -254,12 +254,11 @@ def run_job(
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
+    **session: Unpack[SessionHooks],
 ) -> JobSummary:
-    """Run a planned job to its end (or a stop); InputError before anything is sent.
+    """Run a resolved job to its end (or a stop); InputError before anything is sent.
 
-    `handle_signals` and `stored_answers` are those of `pipeline.run`: the CLI sets both.
+    `session` is that of `pipeline.run` (`SessionHooks`): the CLI sets both.
     """
     refuse_running_loop("run_job")
     return anyio.run(
@@ -270,8 +269,7 @@ def run_job(
             on_selected=on_selected,
             transport=transport,
             confirm=confirm,
-            handle_signals=handle_signals,
-            stored_answers=stored_answers,
+            **session,
         )
     )
 
@@ -283,8 +281,7 @@ async def run_job_async(
     on_selected: Callable[[SelectedIds], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
+    **session: Unpack[SessionHooks],
 ) -> JobSummary:
     """The same as `run_job`, inside a running event loop."""
     settings = job.settings
@@ -293,8 +290,7 @@ async def run_job_async(
         on_progress=on_progress,
         transport=transport,
         confirm=confirm,
-        handle_signals=handle_signals,
-        stored_answers=stored_answers,
+        **session,
     )
     if job.query is None:
         summary = await start_run(settings)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 
 from pipeline.api.account import account_fingerprint
 from pipeline.core.errors import Interrupted, MateoBulkError
+from pipeline.orchestrator.hooks import AnswersLookup
 from pipeline.orchestrator.session import Session
 from pipeline.orchestrator.settings import RunSettings
 from pipeline.orchestrator.summary import ProgressCallback, RunSummary
@@ -24,7 +23,6 @@ from pipeline.stages.session_files import SideFiles, write_side_files
 
 #: How a run finds what `mateo-bulk doctor` stored for an account and base URL (the CLI passes
 #: pipeline.api.account.load_answers); None: the run starts from its own settings.
-AnswersLookup = Callable[[str, str], Mapping[str, Any] | None]
 
 
 def now_text() -> str:

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Unpack
 
 import anyio
 import httpx
@@ -24,7 +24,8 @@ from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
 from pipeline.core.run_dir import RunDir, default_run_dir
 from pipeline.orchestrator.event_loop import run_in_loop
-from pipeline.orchestrator.execute import AnswersLookup, execute_session, now_text
+from pipeline.orchestrator.execute import execute_session, now_text
+from pipeline.orchestrator.hooks import ProcessHooks, SessionHooks
 from pipeline.orchestrator.settings import RunSettings
 from pipeline.orchestrator.summary import Confirm, ProgressCallback, RunSummary
 from pipeline.stages.frames import (
@@ -52,9 +53,7 @@ def run(
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
-    stdin: BinaryIO | None = None,
+    **process: Unpack[ProcessHooks],
 ) -> RunSummary:
     """Run a bulk update to the end (or to a stop) and return its summary.
 
@@ -63,21 +62,12 @@ def run(
     ends up in the summary: per-row outcomes in `counts` and the report, a run-wide stop
     (auth, interrupt, safety) in `stopped`.
 
-    The run changes nothing of the process it runs in unless asked, as the CLI asks:
-    `handle_signals=True` makes SIGINT/SIGTERM stop it (the first cleanly, a second at once);
-    `stored_answers=pipeline.api.account.load_answers` starts it at the batch size
-    `mateo-bulk doctor` found the account's API accepts; `stdin=sys.stdin.buffer` is what an
-    input of "-" reads (kept in the run directory as stdin.csv).
+    The run changes nothing of the process it runs in unless asked, as the CLI asks: see
+    `ProcessHooks` (`handle_signals`, `stored_answers`, `stdin`).
     """
     return run_in_loop(
         run_async(
-            settings,
-            on_progress=on_progress,
-            transport=transport,
-            confirm=confirm,
-            handle_signals=handle_signals,
-            stored_answers=stored_answers,
-            stdin=stdin,
+            settings, on_progress=on_progress, transport=transport, confirm=confirm, **process
         )
     )
 
@@ -87,24 +77,15 @@ def plan(
     *,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
-    stdin: BinaryIO | None = None,
+    **process: Unpack[ProcessHooks],
 ) -> RunSummary:
     """Read every row and write the plan (`plan.csv`: before, after, decision); change nothing.
 
     `apply_plan` then sends exactly the `change` rows, each guarded by its before-values.
-    `handle_signals`, `stored_answers` and `stdin` are `run`'s.
+    `process` is `run`'s.
     """
     return run_in_loop(
-        plan_async(
-            settings,
-            on_progress=on_progress,
-            transport=transport,
-            handle_signals=handle_signals,
-            stored_answers=stored_answers,
-            stdin=stdin,
-        )
+        plan_async(settings, on_progress=on_progress, transport=transport, **process)
     )
 
 
@@ -113,18 +94,14 @@ async def plan_async(
     *,
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
-    stdin: BinaryIO | None = None,
+    **process: Unpack[ProcessHooks],
 ) -> RunSummary:
     """The same as `plan`, inside a running event loop."""
     return await run_async(
         dataclasses.replace(settings, plan_only=True),
         on_progress=on_progress,
         transport=transport,
-        handle_signals=handle_signals,
-        stored_answers=stored_answers,
-        stdin=stdin,
+        **process,
     )
 
 
@@ -142,14 +119,13 @@ def resume(
     transport: httpx.AsyncBaseTransport | None = None,
     quota_clock: Callable[[], datetime] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
+    **session: Unpack[SessionHooks],
 ) -> RunSummary:
     """Continue a stopped run: rows with a final outcome are not sent again.
 
     `overrides` changes how the rest is sent (any of RESUME_OVERRIDES, e.g. {"rate": 1.0,
     "wait": False}); the journal records them. Raises InputError if the input file changed
-    since the run started. `handle_signals` and `stored_answers` are `run`'s.
+    since the run started. `session` is `run`'s (`SessionHooks`).
     """
     return run_in_loop(
         resume_async(
@@ -161,8 +137,7 @@ def resume(
             transport=transport,
             quota_clock=quota_clock,
             overrides=overrides,
-            handle_signals=handle_signals,
-            stored_answers=stored_answers,
+            **session,
         )
     )
 
@@ -173,11 +148,10 @@ async def run_async(
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
-    stdin: BinaryIO | None = None,
+    **process: Unpack[ProcessHooks],
 ) -> RunSummary:
     """The same as `run`, inside a running event loop."""
+    stdin = process.get("stdin")
     settings.check()
     frame = is_frame(settings.input)
     named = FRAME_STEM if frame else settings.input
@@ -236,8 +210,8 @@ async def run_async(
                     retry_failed=False,
                     on_progress=on_progress,
                     transport=transport,
-                    handle_signals=handle_signals,
-                    stored_answers=stored_answers,
+                    handle_signals=process.get("handle_signals", False),
+                    stored_answers=process.get("stored_answers"),
                 )
                 if refusal is not None:
                     listed = _invalid_rows(journal, summary, input_file.describe_row)
@@ -259,8 +233,7 @@ async def resume_async(
     transport: httpx.AsyncBaseTransport | None = None,
     quota_clock: Callable[[], datetime] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
+    **session: Unpack[SessionHooks],
 ) -> RunSummary:
     """The same as `resume`, inside a running event loop."""
     overrides = dict(overrides or {})
@@ -319,8 +292,8 @@ async def resume_async(
                 retry_failed=retry_failed,
                 on_progress=on_progress,
                 transport=transport,
-                handle_signals=handle_signals,
-                stored_answers=stored_answers,
+                handle_signals=session.get("handle_signals", False),
+                stored_answers=session.get("stored_answers"),
             )
 
 
@@ -376,15 +349,14 @@ def apply_plan(
     on_progress: ProgressCallback | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     confirm: Confirm | None = None,
-    handle_signals: bool = False,
-    stored_answers: AnswersLookup | None = None,
+    **session: Unpack[SessionHooks],
 ) -> RunSummary:
     """Apply exactly the `change` rows of a plan, each guarded by the values it was planned from.
 
     A row someone changed since the plan matches nothing and ends `conflict`, never overwritten.
     `max_changes` and `expect_rows` count the plan's `change` rows (the rows applied). The plan
     may be a DataFrame or Table of plan.csv's columns (its rows filtered, say).
-    `handle_signals` and `stored_answers` are `run`'s.
+    `session` is `run`'s (`SessionHooks`).
     """
     frame = plan_path if is_frame(plan_path) else None
     named = FRAME_STEM if frame is not None else Path(plan_path)
@@ -403,12 +375,7 @@ def apply_plan(
             settings, input=apply_input, run_dir=run_dir, snapshot=False, plan_only=False
         )
         return run(
-            settings,
-            on_progress=on_progress,
-            transport=transport,
-            confirm=confirm,
-            handle_signals=handle_signals,
-            stored_answers=stored_answers,
+            settings, on_progress=on_progress, transport=transport, confirm=confirm, **session
         )
     except InputError as error:
         # Nothing was sent: leave no run directory that holds only the rows it would have sent.
