@@ -88,6 +88,7 @@ class SandboxState:
         self._log: IO[str] | None = None
         self._redact: re.Pattern[str] | None = None
         self.load_rows(dataset.rows)
+        self._in_flight = 0
         self.reset_stats()
         if request_log is not None:
             self.open_request_log(request_log)
@@ -221,12 +222,16 @@ class SandboxState:
             self._window: collections.deque[float] = collections.deque()
             self._max_in_window = 0
             self._requests = 0
+            # _in_flight is a gauge, not a count: requests still being answered stay in flight.
+            self._max_in_flight = self._in_flight
 
     def record_arrival(self, method: str, now: float) -> None:
         """Count a request to /api as it arrives, for the 1-second sliding window too."""
         with self.lock:
             self._requests += 1
             self._by_method[method] += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
             window = self._window
             window.append(now)
             # The window is (now - 1 s, now]; the busiest window always ends at an arrival,
@@ -237,8 +242,10 @@ class SandboxState:
                 self._max_in_window = len(window)
 
     def record_answer(self, status: int) -> None:
+        """Count a request's answer (whatever became of it: sent, cut short, the client gone)."""
         with self.lock:
             self._by_status[status] += 1
+            self._in_flight -= 1
 
     def record_fault(self, kind: str) -> None:
         with self.lock:
@@ -258,6 +265,7 @@ class SandboxState:
                 "rate_limited": self._by_status.get(429, 0),
                 "safety_violations": self._safety_violations,
                 "max_requests_in_1s": self._max_in_window,
+                "max_in_flight": self._max_in_flight,
                 "updates": self._updates_total,
                 "ids_updated": len(self._update_counts),
                 "ids_updated_more_than_once": {
