@@ -12,10 +12,15 @@ then prints, in one run:
 - `mateo-bulk run FILE --dry-run --quiet --run-dir DIR` on the CSV and on the Parquet twin, each
   a subprocess: wall time, peak RSS (`wait4`'s ru_maxrss of that child alone), and the ratio of
   the wall time to the floor;
-- `mateo-bulk status DIR` and `mateo-bulk report DIR --report x.parquet` on the CSV dry run's run
-  directory, each a subprocess (interpreter start-up included, as a user waits for it).
+- `mateo-bulk status DIR` and `mateo-bulk report DIR --report x.parquet`, `--report x.csv` and
+  `--report x.html` (`report` picks the format by the suffix; .html writes the HTML run report,
+  the page a run leaves as DIR/report.html, again) on the CSV dry run's run directory, each a
+  subprocess (interpreter start-up included, as a user waits for it); each export's rows are
+  read back (the Parquet file's metadata, the CSV's records; for the page, the count `report`
+  prints, and its size).
 
-Targets (issue 14): each dry run ≤ 10× the floor and ≤ 200 MB peak; status and report ≤ 3 s.
+Targets (issue 14): each dry run ≤ 10× the floor and ≤ 200 MB peak; status, the report's
+Parquet and CSV exports and the HTML report ≤ 3 s each.
 Figures go to bench/results/bigfile-<UTC time>.json as well. bench/README.md, section 6, says
 more.
 """
@@ -27,6 +32,7 @@ import csv
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -308,14 +314,29 @@ def main() -> int:
                 print(runs[kind]["stderr"], file=sys.stderr)
         csv_run_dir = work / "run-csv"
         runs["status"] = run_measured(mateo_bulk("status", str(csv_run_dir)))
-        exported = work / "x.parquet"
-        runs["report"] = run_measured(
-            mateo_bulk("report", str(csv_run_dir), "--report", str(exported))
-        )
-        for kind in ("status", "report"):
+        # `report` picks the format by --report's suffix; .html is the run report's page. The
+        # Parquet export keeps the key "report" it has in earlier result files.
+        exports = {"report": work / "x.parquet"}
+        exports |= {f"report_{kind}": work / f"x.{kind}" for kind in ("csv", "html")}
+        for kind, exported in exports.items():
+            exported.unlink(missing_ok=True)
+            runs[kind] = run_measured(
+                mateo_bulk("report", str(csv_run_dir), "--report", str(exported))
+            )
+        for kind in ("status", *exports):
             if runs[kind]["exit_code"] != 0:
                 print(runs[kind]["stderr"], file=sys.stderr)
-        report_rows = _parquet_rows(exported) if exported.exists() else 0
+        # What each export holds, read back: the Parquet file's row count, the CSV's records
+        # (header off), and for the page, which has no line per row, the rows `report` says it
+        # covered and the page's size.
+        for kind, count in (
+            ("report", _parquet_rows),
+            ("report_csv", _csv_records),
+            ("report_html", lambda _: _printed_rows(runs["report_html"]["stdout"])),
+        ):
+            runs[kind]["rows"] = count(exports[kind]) if exports[kind].exists() else 0
+        html = exports["report_html"]
+        runs["report_html"]["bytes"] = html.stat().st_size if html.exists() else 0
 
         def verdict(ok: bool) -> str:
             return "met" if ok else "NOT met"
@@ -341,7 +362,13 @@ def main() -> int:
             )
         for kind, label in (
             ("status", "status RUN_DIR"),
-            ("report", f"report RUN_DIR --report x.parquet ({report_rows:,} rows)"),
+            ("report", f"report RUN_DIR --report x.parquet ({runs['report']['rows']:,} rows)"),
+            ("report_csv", f"report RUN_DIR --report x.csv ({runs['report_csv']['rows']:,} rows)"),
+            (
+                "report_html",
+                f"report RUN_DIR --report x.html ({runs['report_html']['rows']:,} rows, "
+                f"{runs['report_html']['bytes'] / 1000:.0f} kB)",
+            ),
         ):
             result = runs[kind]
             table.append(
@@ -401,6 +428,18 @@ def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def _csv_records(path: Path) -> int:
+    """The CSV report's records, its header not counted (csv.reader: a cell may span lines)."""
+    with path.open(newline="", encoding="utf-8") as file:
+        return max(sum(1 for _ in csv.reader(file)) - 1, 0)
+
+
+def _printed_rows(stdout: str) -> int:
+    """The rows `report` says it covered: `report: PATH (1,000,000 rows)`."""
+    match = re.search(r"\(([\d,]+) rows\)\s*$", stdout)
+    return int(match[1].replace(",", "")) if match else 0
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def export_report(run_dir: str | Path, path: Path) -> int:
             raise InputError(f"--report {str(path)!r} is a directory; give a file name")
         with Journal.open(Path(run_dir)) as journal:
             write_html_report(journal, path)
-            return sum(journal.counts().values())
+            return journal.recorded()
     check_report_path(path)
     with Journal.open(Path(run_dir)) as journal:
         return write_report_batches(journal.result_batches(), path)

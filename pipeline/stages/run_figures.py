@@ -141,7 +141,8 @@ def collect_figures(
         state=state,
         total_rows=int(meta.get("rows") or 0),
         counts=counts,
-        differences=journal.differences(),
+        # Only updated rows can have a difference: a run with none (a dry run) needs no scan.
+        differences=journal.differences() if counts.get("updated") else 0,
         sessions=sessions,
         transitions=transitions,
         more_transitions=more_transitions,

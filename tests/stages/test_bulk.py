@@ -329,9 +329,9 @@ def test_the_counts_a_journal_keeps_are_its_tables(
     then_one_by_one: bool,
 ) -> None:
     """The journal that made a run's table counts the outcomes of the batches of columns it
-    records instead of scanning the table (a dry run's end asks twice): the same counts as
-    the table's, whether the batches ascend or repeat and reorder rows, and after results
-    recorded one by one (a resume's)."""
+    records instead of scanning the table (a dry run's end asks twice): the same counts (and
+    rows recorded) as the table's, whether the batches ascend or repeat and reorder rows, and
+    after results recorded one by one (a resume's)."""
     run_dir = tmp_path_factory.mktemp("journal")
     with Journal.create(run_dir, {}) as journal:
         for batch in batches:
@@ -348,6 +348,7 @@ def test_the_counts_a_journal_keeps_are_its_tables(
             )
         if then_one_by_one:
             journal.record([RowResult(5, ID_2, Outcome.UPDATED, difference="status: x")])
-        kept = journal.counts(), journal.differences()
+        kept = journal.counts(), journal.differences(), journal.recorded()
     with Journal.open(run_dir) as journal:
-        assert kept == (journal.counts(), journal.differences())
+        assert kept == (journal.counts(), journal.differences(), journal.recorded())
+        assert journal.recorded() == sum(journal.counts().values())
