@@ -59,18 +59,11 @@ def _run_option(name: str) -> RunOption:
     return next(option for option in run_options() if option.name == name)
 
 
-def _add_option(group: argparse._ActionsContainer, name: str) -> None:
-    """The flag of one run option, as `run` has it (the read commands share a few)."""
+def add_option(group: argparse._ActionsContainer, name: str, **overrides: Any) -> None:
+    """The flag of one run option, as `run` has it (the read commands share a few); `overrides`
+    replace its keywords, e.g. the help and default of resume's steering or doctor's --base-url."""
     option = _run_option(name)
-    group.add_argument(option.flag, **_option_arguments(option))
-
-
-def type_of(name: str) -> Callable[[str], Any]:
-    """The argparse type of the run option `name`, for a flag that sets it with its own help
-    (resume's steering, the read commands' --max-requests)."""
-    parse = _option_type(_run_option(name))
-    assert parse is not None, f"{name} is not a number"
-    return parse
+    group.add_argument(option.flag, **{**_option_arguments(option), **overrides})
 
 
 def assignment(text: str) -> str:
@@ -85,6 +78,48 @@ def add_token_argument(parser: argparse._ActionsContainer) -> None:
         metavar="PATH",
         help=f"read the API token from this file (default: the {TOKEN_VARIABLE} variable)",
     )
+
+
+def add_input_argument(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a .csv, .parquet, .xlsx, .xlsm, .xls or .ods file; - reads CSV from stdin",
+    )
+
+
+def add_map_and_set_arguments(
+    parser: argparse._ActionsContainer, *, map_help: str, set_help: str
+) -> None:
+    """--map FIELD=COLUMN and --set FIELD=VALUE, each repeatable."""
+    parser.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN",
+        action="append",
+        default=[],
+        type=assignment,
+        help=map_help,
+    )
+    parser.add_argument(
+        "--set",
+        metavar="FIELD=VALUE",
+        action="append",
+        default=[],
+        type=assignment,
+        help=set_help,
+    )
+
+
+def add_sandbox_argument(parser: argparse._ActionsContainer, help: str) -> None:
+    parser.add_argument("--sandbox", action="store_true", help=help)
+
+
+def add_quiet_argument(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def add_log_format_argument(parser: argparse._ActionsContainer, help: str) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help=help)
 
 
 def add_notify_argument(parser: argparse._ActionsContainer, extra: str = "") -> None:
@@ -109,36 +144,20 @@ def add_metrics_argument(parser: argparse._ActionsContainer, extra: str = "") ->
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = True) -> None:
     if with_input:
-        parser.add_argument(
-            "input",
-            metavar="INPUT",
-            help="a .csv, .parquet, .xlsx, .xlsm, .xls or .ods file; - reads CSV from stdin",
-        )
+        add_input_argument(parser)
     source = parser.add_argument_group("API")
     add_token_argument(source)
     _add_options(source, "API")
-    source.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="run against the bundled sandbox, started on a free loopback port with Mateo's "
+    add_sandbox_argument(
+        source,
+        "run against the bundled sandbox, started on a free loopback port with Mateo's "
         "limits and sample_data/ (no token needed)",
     )
     columns = parser.add_argument_group("columns and values")
-    columns.add_argument(
-        "--map",
-        metavar="FIELD=COLUMN",
-        action="append",
-        default=[],
-        type=assignment,
-        help="read FIELD (conversation_id, inbox_id, assignee_id, status) from COLUMN",
-    )
-    columns.add_argument(
-        "--set",
-        metavar="FIELD=VALUE",
-        action="append",
-        default=[],
-        type=assignment,
-        help="set FIELD to VALUE on every row, over the file's column (e.g. status=closed)",
+    add_map_and_set_arguments(
+        columns,
+        map_help="read FIELD (conversation_id, inbox_id, assignee_id, status) from COLUMN",
+        set_help="set FIELD to VALUE on every row, over the file's column (e.g. status=closed)",
     )
     _add_options(columns, "columns and values")
     _add_options(parser.add_argument_group("sending"), "sending")
@@ -153,12 +172,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, with_input: bool = Tru
     )
     output = parser.add_argument_group("output")
     _add_options(output, "output")
-    output.add_argument("--quiet", action="store_true", help="no progress display")
-    output.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="text: progress and messages for people; json: one JSON object per event on "
+    add_quiet_argument(output)
+    add_log_format_argument(
+        output,
+        "text: progress and messages for people; json: one JSON object per event on "
         "stderr (start, progress, stop, summary) and nothing else, for schedulers",
     )
 
@@ -167,23 +184,21 @@ def add_read_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the commands that only read (export, verify): how to reach the API."""
     source = parser.add_argument_group("API")
     add_token_argument(source)
-    _add_option(source, "base_url")
-    source.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="read the bundled sandbox, started on a free loopback port with Mateo's limits "
+    add_option(source, "base_url")
+    add_sandbox_argument(
+        source,
+        "read the bundled sandbox, started on a free loopback port with Mateo's limits "
         "and sample_data/ (no token needed; it ends with the command)",
     )
     sending = parser.add_argument_group("sending")
     for name in ("rate", "max_attempts", "timeout"):
-        _add_option(sending, name)
+        add_option(sending, name)
     quota = parser.add_argument_group("daily budget")
-    _add_option(quota, "daily_quota")
-    quota.add_argument(
-        "--max-requests",
-        type=type_of("max_requests"),
-        metavar="N",
+    add_option(quota, "daily_quota")
+    add_option(
+        quota,
+        "max_requests",
         help="the most requests this command may send; then it stops, writing nothing",
     )
-    _add_option(quota, "quota_reset_utc")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_option(quota, "quota_reset_utc")
+    add_quiet_argument(parser)

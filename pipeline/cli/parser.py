@@ -10,13 +10,17 @@ from typing import NoReturn
 from pipeline import __version__
 from pipeline.api.client import BASE_URL_VARIABLE, DEFAULT_BASE_URL
 from pipeline.cli.flags import (
+    add_input_argument,
+    add_log_format_argument,
+    add_map_and_set_arguments,
     add_metrics_argument,
     add_notify_argument,
+    add_option,
+    add_quiet_argument,
     add_read_arguments,
     add_run_arguments,
+    add_sandbox_argument,
     add_token_argument,
-    assignment,
-    type_of,
 )
 from pipeline.cli.job_command import job_command
 from pipeline.cli.read_commands import doctor_command, export_command, verify_command
@@ -118,59 +122,31 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     resume_parser.add_argument(
         "--report", type=Path, metavar="PATH", help="report file (default: the run's own)"
     )
-    resume_parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_quiet_argument(resume_parser)
     steering = resume_parser.add_argument_group(
         "steering", "how the rest is sent (the run's own settings are kept otherwise)"
     )
-    steering.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=NOT_GIVEN,
-        help="the API's base URL for the rest of the run",
+    # The run's own flags (their type and metavar), NOT_GIVEN unless given.
+    add_option(
+        steering, "base_url", default=NOT_GIVEN, help="the API's base URL for the rest of the run"
     )
-    steering.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="continue against a fresh bundled sandbox (for runs started with --sandbox: the "
+    add_sandbox_argument(
+        steering,
+        "continue against a fresh bundled sandbox (for runs started with --sandbox: the "
         "first sandbox and its changes are gone)",
     )
-    steering.add_argument(
-        "--rate",
-        type=type_of("rate"),
-        default=NOT_GIVEN,
-        metavar="RPS",
-        help="requests per second",
-    )
-    steering.add_argument(
-        "--concurrency",
-        type=type_of("concurrency"),
-        default=NOT_GIVEN,
-        metavar="N",
-        help="requests in flight at most",
-    )
-    steering.add_argument(
-        "--max-requests",
-        type=type_of("max_requests"),
-        default=NOT_GIVEN,
-        metavar="N",
-        help="the most requests this session",
-    )
-    steering.add_argument(
-        "--max-wait",
-        type=type_of("max_wait"),
-        default=NOT_GIVEN,
-        metavar="S",
-        help="the longest 429 wait before stopping",
-    )
-    steering.add_argument(
-        "--wait",
+    add_option(steering, "rate", default=NOT_GIVEN, help="requests per second")
+    add_option(steering, "concurrency", default=NOT_GIVEN, help="requests in flight at most")
+    add_option(steering, "max_requests", default=NOT_GIVEN, help="the most requests this session")
+    add_option(steering, "max_wait", default=NOT_GIVEN, help="the longest 429 wait before stopping")
+    add_option(
+        steering,
+        "wait",
         action=argparse.BooleanOptionalAction,
         default=NOT_GIVEN,
         help="sleep until the budget or limit resets (--no-wait: stop instead)",
     )
-    steering.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="text or json events"
-    )
+    add_log_format_argument(steering, "text or json events")
     add_notify_argument(resume_parser)
     add_metrics_argument(resume_parser, " (never stored with the run: give it on every resume)")
     resume_parser.set_defaults(handler=resume_command)
@@ -203,16 +179,15 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
         "cannot change anything; print a verdict per question and store the answers.",
     )
     add_token_argument(doctor_parser)
-    doctor_parser.add_argument(
-        "--base-url",
-        metavar="URL",
+    add_option(
+        doctor_parser,
+        "base_url",
         default=None,
         help=f"the API's base URL (default {DEFAULT_BASE_URL}, or {BASE_URL_VARIABLE})",
     )
-    doctor_parser.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="diagnose the bundled sandbox, started with Mateo's limits (no token needed)",
+    add_sandbox_argument(
+        doctor_parser,
+        "diagnose the bundled sandbox, started with Mateo's limits (no token needed)",
     )
     doctor_parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of the verdicts"
@@ -258,26 +233,11 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
         "or cannot be checked (invalid). Reads only. Exit 0 when every row is at its targets, "
         "1 otherwise.",
     )
-    verify_parser.add_argument(
-        "input",
-        metavar="INPUT",
-        help="a .csv, .parquet, .xlsx, .xlsm, .xls or .ods file; - reads CSV from stdin",
-    )
-    verify_parser.add_argument(
-        "--map",
-        metavar="FIELD=COLUMN",
-        action="append",
-        default=[],
-        type=assignment,
-        help="read FIELD from COLUMN, as the run did (repeatable)",
-    )
-    verify_parser.add_argument(
-        "--set",
-        metavar="FIELD=VALUE",
-        action="append",
-        default=[],
-        type=assignment,
-        help="FIELD's target for every row, as the run had it (repeatable)",
+    add_input_argument(verify_parser)
+    add_map_and_set_arguments(
+        verify_parser,
+        map_help="read FIELD from COLUMN, as the run did (repeatable)",
+        set_help="FIELD's target for every row, as the run had it (repeatable)",
     )
     verify_parser.add_argument(
         "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected from the header)"

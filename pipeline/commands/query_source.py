@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 import httpx
 
-from pipeline.api.client import MateoClient
-from pipeline.api.request_path import RequestPath, RunControl
+from pipeline.api.request_path import RunControl
+from pipeline.commands.read_settings import open_request_path
 from pipeline.core.models import CONVERSATION_COLUMNS, normalise_uuid
 from pipeline.core.run_dir import RunDir
 from pipeline.orchestrator.settings import RunSettings
@@ -208,33 +208,12 @@ async def select_ids(
     run_dir.mkdir(parents=True, exist_ok=True)
     ids_path = RunDir(run_dir).query_ids
     control = RunControl()
-    ledger = settings.ledger()
     ids: list[str] = []
-    try:
-        async with MateoClient(
-            settings.base_url,
-            settings.token,
-            timeout=settings.timeout,
-            max_connections=1,
-            transport=transport,
-            transport_kind=settings.transport,
-        ) as client:
-            path = RequestPath(
-                client,
-                control,
-                rate=settings.rate,
-                max_attempts=settings.max_attempts,
-                ledger=ledger,
-                max_wait=settings.max_wait,
-                wait_for_reset=settings.wait,
-            )
-            async for rows in path.query_pages(query.resolved):
-                ids += [normalise_uuid(str(row["id"])) for row in rows]
-                if control.stop_reason is not None:
-                    raise control.stop_reason
-    finally:
-        if ledger is not None:
-            ledger.close()
+    async with open_request_path(settings, control, transport) as path:
+        async for rows in path.query_pages(query.resolved):
+            ids += [normalise_uuid(str(row["id"])) for row in rows]
+            if control.stop_reason is not None:
+                raise control.stop_reason
     requests, retries = control.requests, control.retries
     if settings.rate:
         # The run's own pacer starts afresh: one interval's pause keeps the last GET and the

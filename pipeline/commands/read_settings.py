@@ -1,4 +1,5 @@
-"""How export and verify reach the API: their settings, and the one request path their GETs take."""
+"""How export and verify reach the API: their settings, and the one request path their GETs
+take (a job's query reads its ids on it too)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,12 @@ class ReadSettings:
 
 @asynccontextmanager
 async def open_request_path(
-    settings: ReadSettings, control: RunControl, transport: httpx.AsyncBaseTransport | None
+    settings: ReadSettings | RunSettings,
+    control: RunControl,
+    transport: httpx.AsyncBaseTransport | None,
 ) -> AsyncIterator[RequestPath]:
-    """The one request path over a client for `settings`, drawing on the account's ledger."""
+    """The one request path over a client for `settings`, drawing on the account's ledger: the
+    GETs of export and verify (ReadSettings) and of a job's query (its run's RunSettings)."""
     ledger = settings.ledger()
     try:
         async with MateoClient(

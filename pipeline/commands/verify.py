@@ -165,16 +165,14 @@ def _verify_record(
     if isinstance(judged, InvalidRow):
         return {**record, "state": VerifyState.INVALID.value, "detail": judged.reason}
     targets = judged.change.body()
-    for name in FIELDS:
-        record[f"target_{name}"] = cell_text(targets, name)
+    record.update(_cells("target", targets))
     found = current.get(judged.conversation_id)
     if found is None:
         record["state"] = VerifyState.GONE.value
         record["detail"] = "no such conversation (deleted, or not visible to this token)"
         return record
     values = returned_values(dict(found))
-    for name in FIELDS:
-        record[f"current_{name}"] = cell_text(values, name)
+    record.update(_cells("current", values))
     differences = [
         f"{name} is {cell_text(values, name) or '(not returned)'}, "
         f"target {cell_text(targets, name)}"
@@ -184,6 +182,11 @@ def _verify_record(
     record["state"] = (VerifyState.DIFFERS if differences else VerifyState.AT_TARGET).value
     record["detail"] = "; ".join(differences)
     return record
+
+
+def _cells(prefix: str, values: Mapping[str, str | None]) -> dict[str, str]:
+    """The report's `<prefix>_<field>` cells (target_status, current_status, …) of `values`."""
+    return {f"{prefix}_{name}": cell_text(values, name) for name in FIELDS}
 
 
 def _example(record: Mapping[str, Any]) -> str:

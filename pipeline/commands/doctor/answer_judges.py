@@ -18,11 +18,11 @@ from pipeline.commands.doctor.observation import (
 from pipeline.commands.doctor.verdict import (
     READ_DECIDES,
     SUCCESS_SHAPE_UNSEEN,
-    UNKNOWN_TO_DO,
-    WRONG_ENDPOINT,
-    WRONG_ENDPOINT_TO_DO,
+    UNKNOWN_PATCH,
     Found,
     Judgement,
+    unknown_answer,
+    wrong_endpoint,
 )
 
 # Each question's "docs" is what Mateo's documentation (docs.getmateo.com) or, where it is
@@ -163,14 +163,11 @@ def zero_match_verdict(
     elif success and patch.body_shape in ("array", "object"):
         # No row has the random id, so no row may be named: an object here is not one of ours.
         meaning = "rows not asked for"
-        judgement = Judgement(
+        judgement = unknown_answer(
             observed,
-            False,
             f"a PATCH of a random id answered with a body ({patch.body_shape}): an answer "
             "naming a row that was not asked for stops every run at once (exit 4), "
             "and an object that is not a conversation fails the rows",
-            copes=False,
-            to_do=UNKNOWN_TO_DO,
         )
     elif means_no_match(patch):
         meaning = "not found 404"
@@ -182,9 +179,7 @@ def zero_match_verdict(
         )
     elif patch.http_status == 404:
         meaning = "no such endpoint"
-        judgement = Judgement(
-            observed, False, WRONG_ENDPOINT, copes=False, to_do=WRONG_ENDPOINT_TO_DO
-        )
+        judgement = wrong_endpoint(observed)
     elif patch.http_status == 406:
         meaning = "refused 406"
         judgement = Judgement(
@@ -196,14 +191,7 @@ def zero_match_verdict(
         )
     else:
         meaning = "unexpected"
-        judgement = Judgement(
-            observed,
-            False,
-            "not an answer mateo-bulk knows: the rows of such a PATCH would end rejected or "
-            "failed, not done",
-            copes=False,
-            to_do=UNKNOWN_TO_DO,
-        )
+        judgement = unknown_answer(observed, UNKNOWN_PATCH)
     answers["zero_match_means"] = meaning
     return judgement
 

@@ -7,11 +7,11 @@ from typing import Any
 from pipeline.commands.doctor.observation import Observation, count_exact_honoured, filter_accepted
 from pipeline.commands.doctor.verdict import (
     ONE_ROW_PER_REQUEST,
-    UNKNOWN_TO_DO,
-    WRONG_ENDPOINT,
-    WRONG_ENDPOINT_TO_DO,
+    UNKNOWN_PATCH,
     Found,
     Judgement,
+    unknown_answer,
+    wrong_endpoint,
 )
 
 #: The most ids mateo-bulk puts in one PATCH, whatever the server accepts (`--batch-size`).
@@ -118,14 +118,8 @@ def in_filter_verdict(
             )
             return Judgement(observed, False, action, to_do=_refusal_to_do(grouped))
         if grouped.http_status == 404:
-            return Judgement(
-                observed, False, WRONG_ENDPOINT, copes=False, to_do=WRONG_ENDPOINT_TO_DO
-            )
-        action = (
-            f"grouped PATCH answered {reason}, not an answer mateo-bulk knows: the rows of such "
-            "a PATCH would end rejected or failed, not done"
-        )
-        return Judgement(observed, False, action, copes=False, to_do=UNKNOWN_TO_DO)
+            return wrong_endpoint(observed)
+        return unknown_answer(observed, f"grouped PATCH answered {reason}, {UNKNOWN_PATCH}")
     assert longest is not None
     batch = min(longest.ids, MAX_BATCH_SIZE)
     answers["recommended_batch_size"] = batch
@@ -197,7 +191,7 @@ def read_verdict(
             return Judgement(observed, False, action + " (see the single-object question)")
         return Judgement(observed, False, action, to_do=_refusal_to_do(read))
     if read.http_status == 404:
-        return Judgement(observed, False, WRONG_ENDPOINT, copes=False, to_do=WRONG_ENDPOINT_TO_DO)
+        return wrong_endpoint(observed)
     if read.http_status in (200, 206) and read.body_shape in ("empty", "null"):
         action = (
             "a read answered without a JSON array: mateo-bulk would take it as 'none of these "
@@ -213,7 +207,7 @@ def read_verdict(
             "not an answer mateo-bulk knows: such reads fail, and the rows they were for are "
             "reported failed"
         )
-    return Judgement(observed, False, action, copes=False, to_do=UNKNOWN_TO_DO)
+    return unknown_answer(observed, action)
 
 
 def _refuses_grouping(observation: Observation) -> bool:

@@ -1,4 +1,5 @@
-"""Doctor's verdicts: what each question found, their marks and legend, phrases judges share."""
+"""Doctor's verdicts: what each question found, their marks and legend, phrases and judgements
+judges share."""
 
 from __future__ import annotations
 
@@ -93,3 +94,18 @@ WRONG_ENDPOINT = (
     "a 404 with an HTML page or PGRST205 means no such endpoint (a wrong --base-url): a run "
     "stops at it (exit 3, resumable, nothing changed), never reports rows not_found"
 )
+#: What a PATCH answered in a way mateo-bulk does not know leaves its rows with.
+UNKNOWN_PATCH = (
+    "not an answer mateo-bulk knows: the rows of such a PATCH would end rejected or failed, "
+    "not done"
+)
+
+
+def wrong_endpoint(observed: str) -> Judgement:
+    """The judgement of an answer from no such endpoint: a wrong --base-url, which stops runs."""
+    return Judgement(observed, False, WRONG_ENDPOINT, copes=False, to_do=WRONG_ENDPOINT_TO_DO)
+
+
+def unknown_answer(observed: str, action: str) -> Judgement:
+    """The judgement of an answer mateo-bulk does not know: `action` says what it would do."""
+    return Judgement(observed, False, action, copes=False, to_do=UNKNOWN_TO_DO)
