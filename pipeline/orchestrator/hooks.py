@@ -27,3 +27,12 @@ class ProcessHooks(SessionHooks, total=False):
     #: What an input of "-" reads, e.g. sys.stdin.buffer (kept in the run directory as
     #: stdin.csv); without it, "-" is refused before anything is created or sent.
     stdin: BinaryIO | None
+
+
+def check_hooks(given: Mapping[str, object], hooks: type[SessionHooks], function: str) -> None:
+    """TypeError for a keyword `hooks` does not have, as Python raises for any unknown keyword:
+    a misspelt `handle_signal=True` must not quietly leave Ctrl-C unhandled."""
+    known = hooks.__annotations__  # every key, inherited ones too
+    for name in given:
+        if name not in known:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")

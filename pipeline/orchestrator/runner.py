@@ -25,7 +25,7 @@ from pipeline.core.models import Outcome
 from pipeline.core.run_dir import RunDir, default_run_dir
 from pipeline.orchestrator.event_loop import run_in_loop
 from pipeline.orchestrator.execute import execute_session, now_text
-from pipeline.orchestrator.hooks import ProcessHooks, SessionHooks
+from pipeline.orchestrator.hooks import ProcessHooks, SessionHooks, check_hooks
 from pipeline.orchestrator.settings import RunSettings
 from pipeline.orchestrator.summary import Confirm, ProgressCallback, RunSummary
 from pipeline.stages.frames import (
@@ -151,6 +151,7 @@ async def run_async(
     **process: Unpack[ProcessHooks],
 ) -> RunSummary:
     """The same as `run`, inside a running event loop."""
+    check_hooks(process, ProcessHooks, "run")
     stdin = process.get("stdin")
     settings.check()
     frame = is_frame(settings.input)
@@ -236,6 +237,7 @@ async def resume_async(
     **session: Unpack[SessionHooks],
 ) -> RunSummary:
     """The same as `resume`, inside a running event loop."""
+    check_hooks(session, SessionHooks, "resume")
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if unknown:

@@ -17,7 +17,7 @@ from trio.testing import MockClock
 from pipeline.api.account import load_answers, store_answers
 from pipeline.core.errors import InputError
 from pipeline.core.models import Outcome
-from pipeline.orchestrator.runner import RunSettings, run, run_async
+from pipeline.orchestrator.runner import RunSettings, resume, run, run_async
 from pipeline.orchestrator.summary import RunSummary
 from pipeline.sandbox import (
     Sandbox,
@@ -525,3 +525,16 @@ def test_stored_doctor_answers_are_used_only_when_passed_in(
         "batch size 7 (not 50): what `mateo-bulk doctor` found this API accepts on "
         "2026-01-02T03:04:05+00:00"
     ) in summary.notices
+
+
+def test_a_misspelt_process_keyword_is_a_type_error_and_nothing_is_sent(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`handle_signal=True` (no s) would leave Ctrl-C unhandled if it were let through: the
+    process keywords are checked as Python checks any keyword, by run, resume and run_job."""
+    path = write_csv(tmp_path / "in.csv", many_rows(sandbox, 2))
+    with pytest.raises(TypeError, match="handle_signal"):
+        run(settings_for(sandbox, path), handle_signal=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="stdin"):
+        resume(tmp_path / "run", token=sandbox.token, stdin=io.BytesIO())  # type: ignore[call-arg]
+    assert sandbox.stats()["requests"] == 0 and not (tmp_path / "run").exists()
