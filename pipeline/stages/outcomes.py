@@ -74,17 +74,18 @@ def updated(
 ) -> RowResult:
     """The row changed by this run, with what it returned and its values before.
 
-    `own_fields_only`: the values come from a read long after the request (a resumed row), so a
-    field the run did not ask to change may since have been changed by someone else: such
-    fields are neither reported as a difference nor restored by the undo file, unless the run
-    has seen the API set that field itself (`api_sets`: on rows whose answers it confirmed):
-    then the change is the API's doing, as on those rows, and the undo must put it back (a
-    PATCH that omits it would set it again).
+    `own_fields_only`: the values come from a read long after the request (a resumed row,
+    `attempts` 0), so a field the run did not ask to change may since have been changed by
+    someone else: such a field is not reported as a difference unless the run has seen the API
+    set that field itself (`api_sets`: on rows whose answers it confirmed). Its value before
+    is kept all the same: the undo file, written when the session ends, restores it if by then
+    the run has seen the API set it (see side_files.write_undo).
     """
     before = before_values(request)
+    compared = before
     if own_fields_only and before is not None:
         kept = {name for name, _ in request.change.values} | api_sets
-        before = {name: value for name, value in before.items() if name in kept}
+        compared = {name: value for name, value in before.items() if name in kept}
     return RowResult(
         request.row,
         request.conversation_id,
@@ -93,7 +94,7 @@ def updated(
         http_status=http_status,
         attempts=attempts,
         returned=dict(returned),
-        difference=differences(request, returned, before),
+        difference=differences(request, returned, compared),
         before=before,
     )
 

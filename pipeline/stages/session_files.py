@@ -74,7 +74,7 @@ def write_side_files(
     elif not dry_run:
         undo_path = files.undo(suffix)
         undoable = journal.results([Outcome.UPDATED, Outcome.SKIPPED, Outcome.FAILED])
-        if not write_undo(undoable, undo_path):
+        if not write_undo(undoable, undo_path, journal.fields_the_api_set()):
             undo_path = None
     failing = journal.rows_with(FAILING_OUTCOMES)
     if failing:

@@ -132,20 +132,25 @@ def write_plan(results: Iterable[RowResult], path: Path) -> tuple[dict[str, int]
     return transitions, list(groups.values())
 
 
-def write_undo(results: Iterable[RowResult], path: Path) -> int:
+def write_undo(
+    results: Iterable[RowResult], path: Path, api_sets: frozenset[str] = frozenset()
+) -> int:
     """For each row the run changed, its values before the run, as an input file: `run` it to undo.
 
     Rows `updated` and rows whose PATCH may have landed unconfirmed (error_code maybe_applied)
     are undone, when their before-values are known. Every field the run changed is restored:
     the ones it asked to change, and any other that changed with them (a proxy filling a
-    default). Each row expects (expect_* columns) the values the run left, so an undo never
-    overwrites a change someone made after the run: such a row ends `conflict`, and so does a
-    maybe-applied row that was not applied after all. Streamed, in the input's format; no file
-    when no row has values to restore.
+    default). A row judged from a read long after its PATCH (a resumed row, attempts 0) gets
+    back only the fields it asked to change and those the run saw the API set unasked
+    (`api_sets`, from the whole journal): any other change may be someone else's. Each row
+    expects (expect_* columns) the values the run left, so an undo never overwrites a change
+    someone made after the run: such a row ends `conflict`, and so does a maybe-applied row
+    that was not applied after all. Streamed, in the input's format; no file when no row has
+    values to restore.
     """
     columns = ("conversation_id", *FIELDS, *(f"expect_{name}" for name in FIELDS))
     records = (
-        _undo_record(result)
+        _undo_record(result, api_sets)
         for result in results
         if result.before is not None
         and (result.outcome is Outcome.UPDATED or result.error_code == MAYBE_APPLIED)
@@ -153,15 +158,23 @@ def write_undo(results: Iterable[RowResult], path: Path) -> int:
     return _write_rows((record for record in records if record), columns, path)
 
 
-def _undo_record(result: RowResult) -> dict[str, str] | None:
+def _undo_record(result: RowResult, api_sets: frozenset[str]) -> dict[str, str] | None:
     before = result.before or {}
     target = result.change.body()
     left = {**target, **(result.returned or {})}  # what the run left: returned, else target
+    read_later = result.outcome is Outcome.UPDATED and result.attempts == 0
     restore = [
         name
         for name in FIELDS
         if name in before
-        and (name in target or (name in left and not same_value(left[name], before[name])))
+        and (
+            name in target
+            or (
+                name in left
+                and not same_value(left[name], before[name])
+                and (name in api_sets or not read_later)
+            )
+        )
     ]
     if not restore:
         return None
