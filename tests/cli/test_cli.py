@@ -44,6 +44,32 @@ def test_exit_0_when_every_row_is_updated(api: Sandbox, tmp_path: Path) -> None:
     assert len(read_report(tmp_path / "run" / "report.csv")) == 8
 
 
+def test_the_command_in_its_own_process_answers_as_in_the_tests_process(
+    api: Sandbox, tmp_path: Path
+) -> None:
+    """The suite runs the CLI's main inside the test (tests.helpers.run_cli); a real
+    `python -m pipeline` gives the same exit code, counts and messages: a run with a row not
+    found (exit 1) and a usage error (exit 2)."""
+    rows = [*some_rows(api, 2), {"conversation_id": UNKNOWN_ID, "status": "open"}]
+    path = write_csv(tmp_path / "in.csv", rows)
+    results = []
+    for process in (True, False):
+        api.reset()
+        run_dir = tmp_path / f"run-{process}"
+        results.append(run_against(api, path, "--run-dir", run_dir, process=process))
+        assert [line["outcome"] for line in read_report(run_dir / "report.csv")] == [
+            "updated",
+            "updated",
+            "not_found",
+        ]
+    assert [result.returncode for result in results] == [1, 1]
+    counts = [[line for line in r.stdout.splitlines() if line.startswith("  ")] for r in results]
+    assert counts[0] == counts[1] and counts[0]
+    usage = [run_cli("run", "--rate", "fast", process=process) for process in (True, False)]
+    assert [result.returncode for result in usage] == [2, 2]
+    assert usage[0].stderr == usage[1].stderr and "--rate" in usage[0].stderr
+
+
 def test_exit_1_when_some_rows_are_not_updated(api: Sandbox, tmp_path: Path) -> None:
     """A not_found and an invalid row: exit 1, the others still updated."""
     rows = some_rows(api, 3) + [
