@@ -56,19 +56,20 @@ def _write_rewritten_tests(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that declare a longer timeout than the default go first, longest first.
+    """Long tests go first: those that declare a longer timeout than the default, longest
+    first, then those marked `long` (several seconds each).
 
-    The tests run in parallel (pytest-xdist, see addopts in pyproject.toml): a minute-long test
+    The tests run in parallel (pytest-xdist, see addopts in pyproject.toml): a long test
     started last would run alone at the end while the other workers sit idle.
     """
     default = float(config.getini("timeout") or 0)  # pytest-timeout's, from pyproject.toml
 
-    def declared(item: pytest.Item) -> float:
+    def declared(item: pytest.Item) -> tuple[float, bool]:
         marker = item.get_closest_marker("timeout")
-        if marker is None:
-            return 0.0
-        seconds = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0) or 0)
-        return seconds if seconds > default else 0.0
+        seconds = 0.0
+        if marker is not None:
+            seconds = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0) or 0)
+        return (seconds if seconds > default else 0.0), item.get_closest_marker("long") is not None
 
     items.sort(key=declared, reverse=True)  # stable: the rest keep their order
 

@@ -12,6 +12,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,7 @@ def test_the_image_runs_the_command_and_carries_the_version_the_docs_name() -> N
     assert tags == readme_tags == {version}
 
 
+@pytest.mark.long
 def test_what_the_dockerfile_copies_is_enough_to_build_the_package(tmp_path: Path) -> None:
     """The build context is what .dockerignore lets through, and the image installs from what
     the Dockerfile copies: a wheel built from exactly those files holds the whole package."""

@@ -203,6 +203,7 @@ def test_a_429_with_a_long_retry_after_stops_and_resumes_after_the_reset(
     assert finished.exit_code == 0 and finished.counts[Outcome.UPDATED] == 6
 
 
+@pytest.mark.long
 def test_a_429_storm_brings_the_rate_down_and_every_row_through(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

@@ -200,6 +200,7 @@ def test_dry_run_needs_no_token_and_sends_nothing(api: Sandbox, tmp_path: Path) 
     assert api.stats()["requests"] == 0
 
 
+@pytest.mark.long
 def test_the_demo_runs_against_the_bundled_sandbox(tmp_path: Path) -> None:
     """`run --sandbox sample_data/reassign.csv`: every outcome shows, exit 1, at 2 requests/s."""
     sample = SAMPLE / "reassign.csv"

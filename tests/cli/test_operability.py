@@ -200,6 +200,7 @@ def test_resume_refuses_to_change_what_a_row_means(tmp_path: Path) -> None:
         resume(tmp_path, token="t", overrides={"batch_size": 5})
 
 
+@pytest.mark.long
 def test_a_long_wait_is_a_json_event_and_the_phase(sandbox: Sandbox, tmp_path: Path) -> None:
     """A wait for the API's window to reset is told at once (`waiting`: until when, why), and
     the progress events say which phase the run is in: a scheduler watching the log must not

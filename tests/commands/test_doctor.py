@@ -357,6 +357,7 @@ def test_a_spent_window_stops_doctor_before_the_429(sandbox: Sandbox) -> None:
     assert sandbox.stats()["rate_limited"] == 0
 
 
+@pytest.mark.long
 def test_waits_out_a_short_retry_after(sandbox: Sandbox) -> None:
     """A 429 with a short Retry-After is waited out, after which no request is refused again."""
     # Without ratelimit-remaining to warn of the spent window, the first 429 is met.
@@ -368,6 +369,7 @@ def test_waits_out_a_short_retry_after(sandbox: Sandbox) -> None:
     assert report.answers["recommended_batch_size"] == 100
 
 
+@pytest.mark.long
 def test_a_spent_short_window_is_waited_out_without_a_429(sandbox: Sandbox) -> None:
     """ratelimit-remaining: 0 with a short reset pauses doctor: no request is refused."""
     report = run_doctor(sandbox, rate=20.0, burst=1)
@@ -488,6 +490,7 @@ def test_cli_against_mateo_limits(sandbox: Sandbox, state_dir: Path) -> None:
     assert sandbox.token not in stored.read_text(encoding="utf-8")
 
 
+@pytest.mark.long
 def test_cli_exits_1_when_a_finding_needs_action(sandbox: Sandbox, state_dir: Path) -> None:
     """A forced single object: exit 1, [!!] and the remedy under "What to do", in JSON too."""
     sandbox.configure(force_single_object=True)

@@ -91,6 +91,7 @@ def run_args(sandbox: Sandbox, source: Path | str, *more: str) -> list[str]:
 # --- run ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_run_writes_the_figures_of_the_sample_data(
     sandbox: Sandbox, tmp_path: Path, env: None
 ) -> None:

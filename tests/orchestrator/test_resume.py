@@ -180,6 +180,7 @@ KILL_MOMENTS: dict[str, Callable[[Path], Callable[[], bool]]] = {
 }
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("moment", list(KILL_MOMENTS))
 def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(
     api: Sandbox, tmp_path: Path, moment: str

@@ -190,6 +190,7 @@ def test_retries_exhausted_is_failed_with_the_last_error(sandbox: Sandbox, tmp_p
     assert summary.exit_code == 1
 
 
+@pytest.mark.long
 def test_rate_limit_429s_are_retried_after_retry_after(sandbox: Sandbox, tmp_path: Path) -> None:
     """Against a 5 req/s limit, an unpaced client meets 429s, waits and still updates all."""
     sandbox.configure(rate=5.0, burst=1)

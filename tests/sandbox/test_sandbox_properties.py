@@ -24,6 +24,7 @@ def small_sandbox() -> Iterator[Sandbox]:
         yield server
 
 
+@pytest.mark.long
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -71,6 +71,7 @@ def dict_writer_csv(records: list[RowResult]) -> bytes:
     return buffer.getvalue().encode()
 
 
+@pytest.mark.long
 @settings(max_examples=100, deadline=None)
 @given(st.lists(results, max_size=30, unique_by=lambda result: result.row))
 def test_the_csv_report_is_the_csv_modules_byte_for_byte(
@@ -84,6 +85,7 @@ def test_the_csv_report_is_the_csv_modules_byte_for_byte(
     assert path.read_bytes() == dict_writer_csv(records)
 
 
+@pytest.mark.long
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(results, min_size=1, max_size=40, unique_by=lambda result: result.row),

@@ -412,6 +412,7 @@ def test_transitions_past_the_first_thirty_are_counted_not_shown(tmp_path: Path)
 CHROMIUM = shutil.which("chromium")
 
 
+@pytest.mark.long
 @pytest.mark.skipif(
     CHROMIUM is None,
     reason="chromium is not installed (apt-get install chromium): the report is not rendered",

@@ -454,6 +454,7 @@ bulk_ids = st.one_of(
 )  # fmt: skip
 
 
+@pytest.mark.long
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.tuples(bulk_ids, cell_values, cell_values, cell_values), min_size=1, max_size=25),
