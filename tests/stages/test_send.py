@@ -6,18 +6,12 @@ wires them) and checks the outcomes against the sandbox's table and its log of r
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx
 import pytest
-from trio.testing import MockClock
 
-from pipeline.api.client import MateoClient
-from pipeline.api.request_path import RequestPath, RunControl
 from pipeline.core.models import (
     FIELDS,
     MAYBE_APPLIED,
@@ -27,21 +21,19 @@ from pipeline.core.models import (
     RowRequest,
     RowResult,
 )
-from pipeline.sandbox import SandboxConfig, SandboxState, create_app, default_dataset
-from pipeline.stages.grouping import Grouper
-from pipeline.stages.send import Sender
+from pipeline.sandbox import SandboxConfig, SandboxState
+from tests.stages.in_process import (
+    CLOSED,
+    on_virtual_clock,
+    request_path,
+    requests,
+    send_all,
+    status,
+    table,
+)
 
-BASE_URL = "http://127.0.0.1/api/v1"  # never dialled: the transport is the app
-CLOSED = FieldValues.of({"status": "closed"})
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 UNKNOWN_INBOX = "7f000000-0000-4000-8000-000000000000"
-
-
-def table(tmp_path: Path) -> SandboxState:
-    """The sample table, logging every request to tmp_path/requests.jsonl."""
-    state = SandboxState(default_dataset())
-    state.open_request_log(tmp_path / "requests.jsonl")
-    return state
 
 
 def open_rows(state: SandboxState, count: int) -> list[dict[str, Any]]:
@@ -65,40 +57,12 @@ def send(
     state: SandboxState, rows: list[RowRequest], max_attempts: int = 3, **switches: Any
 ) -> list[RowResult]:
     """Every group the rows make, sent one after the other; the results in input order."""
-    config = SandboxConfig(**switches)
 
     async def main() -> list[RowResult]:
-        transport = httpx.ASGITransport(app=create_app(config, state))
-        async with MateoClient(BASE_URL, config.token, timeout=5.0, transport=transport) as client:
-            path = RequestPath(client, RunControl(), rate=None, max_attempts=max_attempts)
-            send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](1)
-            grouper = Grouper(receive_rows, batch_size=50)
-            sender = Sender(path, grouper)
-            async with send_rows:
-                await send_rows.send(rows)
-            results: list[RowResult] = []
-            while (group := await grouper.next_group()) is not None:
-                results += await sender.send(group)
-            return sorted(results, key=lambda result: result.row)
+        async with request_path(state, SandboxConfig(**switches), max_attempts) as (path, _):
+            return sorted(await send_all(path, rows), key=lambda result: result.row)
 
-    try:
-        # A virtual clock: retries' backoff and Retry-After cost no real time.
-        return anyio.run(
-            main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-        )
-    finally:
-        state.close_request_log()
-
-
-def status(state: SandboxState, row_id: str) -> str:
-    row = state.row(row_id)
-    assert row is not None
-    return str(row["status"])
-
-
-def requests(tmp_path: Path, method: str) -> list[dict[str, Any]]:
-    lines = (tmp_path / "requests.jsonl").read_text().splitlines()
-    return [entry for line in lines if (entry := json.loads(line))["method"] == method]
+    return on_virtual_clock(state, main)
 
 
 def id_filter(entry: dict[str, Any]) -> str:

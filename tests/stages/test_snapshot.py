@@ -7,36 +7,29 @@ send; where a test says so, the rows to send then go through `Grouper` and `Send
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
-from trio.testing import MockClock
 
-from pipeline.api.client import MateoClient
-from pipeline.api.request_path import RequestPath, RunControl
 from pipeline.core.models import FIELDS, FieldValues, Guard, Outcome, RowRequest, RowResult
-from pipeline.sandbox import SandboxConfig, SandboxState, create_app, default_dataset
-from pipeline.stages.grouping import Grouper
-from pipeline.stages.send import Sender
+from pipeline.sandbox import SandboxConfig, SandboxState
 from pipeline.stages.snapshot import guard_expected, snapshot_rows
+from tests.stages.in_process import (
+    CLOSED,
+    on_virtual_clock,
+    request_path,
+    requests,
+    send_all,
+    status,
+    table,
+)
 
-BASE_URL = "http://127.0.0.1/api/v1"  # never dialled: the transport is the app
-CLOSED = FieldValues.of({"status": "closed"})
 UNKNOWN_IDS = ["00000000-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000001"]
 
 Stage = tuple[list[RowResult], list[RowRequest]]
-
-
-def table(tmp_path: Path) -> SandboxState:
-    """The sample table, logging every request to tmp_path/requests.jsonl."""
-    state = SandboxState(default_dataset())
-    state.open_request_log(tmp_path / "requests.jsonl")
-    return state
 
 
 def with_status(state: SandboxState, status: str, count: int) -> list[dict[str, Any]]:
@@ -71,10 +64,7 @@ def run_stages(
     config = SandboxConfig(**switches)
 
     async def main() -> Stage:
-        transport = httpx.ASGITransport(app=create_app(config, state))
-        async with MateoClient(BASE_URL, config.token, timeout=5.0, transport=transport) as client:
-            control = RunControl()
-            path = RequestPath(client, control, rate=None, max_attempts=3)
+        async with request_path(state, config) as (path, control):
             results: list[RowResult] = []
             passed = [guard_expected(row, True) for row in rows]
             if snapshot:
@@ -103,32 +93,10 @@ def run_stages(
             if send:
                 if before_send is not None:
                     before_send(state)
-                send_rows, receive_rows = anyio.create_memory_object_stream[list[RowRequest]](1)
-                grouper = Grouper(receive_rows, batch_size=50)
-                sender = Sender(path, grouper)
-                async with send_rows:
-                    await send_rows.send(passed)
-                while (group := await grouper.next_group()) is not None:
-                    results += await sender.send(group)
+                results += await send_all(path, passed)
             return sorted(results, key=lambda result: result.row), passed
 
-    try:
-        return anyio.run(
-            main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-        )
-    finally:
-        state.close_request_log()
-
-
-def status(state: SandboxState, row_id: str) -> str:
-    row = state.row(row_id)
-    assert row is not None
-    return str(row["status"])
-
-
-def requests(tmp_path: Path, method: str) -> list[dict[str, Any]]:
-    lines = (tmp_path / "requests.jsonl").read_text().splitlines()
-    return [entry for line in lines if (entry := json.loads(line))["method"] == method]
+    return on_virtual_clock(state, main)
 
 
 def test_rows_already_at_their_target_are_unchanged_and_cost_no_patch(tmp_path: Path) -> None:
