@@ -27,6 +27,15 @@ class Group:
     rows: tuple[RowRequest, ...]
     guard: Guard = NO_GUARD
 
+    def __post_init__(self) -> None:
+        # The PATCH carries the group's change and guard, not each row's: a row of another
+        # would go out with the wrong values, or without the filters that guard it.
+        for row in self.rows:
+            if row.change != self.change:
+                raise ValueError(f"row {row.row} asks for another change than its group")
+            if row.guard != self.guard:
+                raise ValueError(f"row {row.row} has another guard than its group")
+
     @functools.cached_property
     def ids(self) -> ConversationIds:
         return ConversationIds(row.conversation_id for row in self.rows)

@@ -6,11 +6,12 @@ import math
 import uuid
 
 import anyio
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from pipeline.core.models import FieldValues, RowRequest
+from pipeline.core.models import FieldValues, Guard, RowRequest
 from pipeline.stages.grouping import Group, Grouper
 
 CHANGES = [FieldValues.of({"status": status}) for status in ("open", "closed", "archived")] + [
@@ -137,3 +138,17 @@ def test_rows_trickling_in_never_wait_longer_than_fill_wait() -> None:
     anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
     assert [row for row, _ in sent] == [1, 2, 3]
     assert [round(at, 3) for _, at in sent] == [0.5, 0.6, 0.7]
+
+
+def test_a_group_holds_only_rows_of_its_change_and_guard() -> None:
+    """A group's PATCH carries the group's change and guard, not each row's: a row asking for
+    another change or guarded by other values cannot be put in it (it would go out wrong, or
+    unguarded)."""
+    row_id = "6f1c2a1e-4b7d-4c1e-9a8b-0d2e3f4a5b6c"
+    closed = FieldValues.of({"status": "closed"})
+    guard = Guard.matching({"status": "open"})
+    Group(closed, (RowRequest(1, row_id, closed, guard=guard),), guard)  # as the Grouper makes it
+    with pytest.raises(ValueError, match="guard"):
+        Group(closed, (RowRequest(1, row_id, closed, guard=guard),))
+    with pytest.raises(ValueError, match="change"):
+        Group(closed, (RowRequest(1, row_id, FieldValues.of({"status": "open"})),))
