@@ -79,6 +79,8 @@ class Journal:
         #: Rows per outcome, kept by the journal that made the results table while only
         #: ascending batches of columns (`record_columns`) go into it; None: ask the table.
         self._counts: dict[Outcome, int] | None = None
+        #: Planned rows per change (its JSON), kept alongside `_counts` and dropped with it.
+        self._planned_changes: dict[str, int] = {}
         self._last_row = 0
 
     @classmethod
@@ -214,6 +216,8 @@ class Journal:
             return
         for outcome, count in batch.outcomes.items():
             counts[Outcome(outcome)] += count
+        for change, count in batch.planned_changes.items():
+            self._planned_changes[change] = self._planned_changes.get(change, 0) + count
         self._last_row = batch.last_row
 
     def columns_writer(self) -> ColumnsWriter:
@@ -286,6 +290,13 @@ class Journal:
         ):
             counts[Outcome(outcome)] = count
         return counts
+
+    def planned_changes(self) -> dict[str, int] | None:
+        """Planned rows per change (its JSON), known like `counts` (None: ask the table). Those
+        rows have no before-values: only a dry run records them, and it reads nothing."""
+        if self._counts is None:
+            return None
+        return dict(self._planned_changes)
 
     def recorded(self) -> int:
         """Rows recorded, whatever their outcome: the sum of `counts`, with no grouping (a

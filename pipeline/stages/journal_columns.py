@@ -66,10 +66,12 @@ def _interleaved(columns: list[list[Any]]) -> list[Any]:
 
 class ColumnBatch(NamedTuple):
     """A batch of columns to record (see `record_columns`): its inserts, its rows per outcome,
-    its first and last row, and whether its rows ascend (so none repeats)."""
+    its planned rows per change, its first and last row, and whether its rows ascend (so none
+    repeats)."""
 
     inserts: list[_Rows]
     outcomes: dict[str, int]
+    planned_changes: dict[str, int]
     first_row: int
     last_row: int
     ascending: bool
@@ -84,11 +86,15 @@ def column_batch(columns: Mapping[str, pyarrow.Array]) -> ColumnBatch:
         for entry in pc.value_counts(columns["outcome"]).to_pylist()
     }
     if not len(rows):
-        return ColumnBatch([], outcomes, 0, 0, True)
+        return ColumnBatch([], outcomes, {}, 0, 0, True)
+    planned = pc.filter(
+        columns["change"], pc.equal(columns["outcome"], arrays.string(Outcome.PLANNED.value))
+    )
     bounds = pc.min_max(rows)
     return ColumnBatch(
         _column_inserts(columns),
         outcomes,
+        {entry["values"]: entry["counts"] for entry in pc.value_counts(planned).to_pylist()},
         bounds["min"].as_py(),
         bounds["max"].as_py(),
         ascending(rows),

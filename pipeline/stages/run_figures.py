@@ -133,7 +133,9 @@ def collect_figures(
     with closing(_read_only(journal.path)) as connection:
         sessions = _sessions(connection)
         moved = "planned" if planned else "updated"
-        transitions, more_transitions = _transitions(connection, moved)
+        known = journal.planned_changes() if planned else None
+        kinds = _kinds(connection, moved) if known is None else _without_before(known)
+        transitions, more_transitions = _transitions(kinds)
         reasons, more_reasons = _reasons(connection)
     return RunFigures(
         run_dir=run_dir,
@@ -188,15 +190,16 @@ def _sessions(connection: sqlite3.Connection) -> list[Session] | None:
 
 
 def _transitions(
-    connection: sqlite3.Connection, outcome: str
+    kinds: dict[tuple[str, str | None], int],
 ) -> tuple[list[tuple[str, str | None, str | None, int]], tuple[int, int]]:
     """Field: before → after with the rows making it, most first; and (transitions, rows) more.
 
-    Before is None when it was not read (--no-snapshot, a dry run); a field already at its
-    target is no transition. JSON null is shown as the input writes it: "null".
+    `kinds`: rows per distinct change and before (`_kinds`). Before is None when it was not
+    read (--no-snapshot, a dry run); a field already at its target is no transition. JSON null
+    is shown as the input writes it: "null".
     """
     moves: dict[tuple[str, str | None, str | None], int] = {}
-    for (change, before_text), rows in _kinds(connection, outcome).items():
+    for (change, before_text), rows in kinds.items():
         before = json.loads(before_text) if before_text else None
         for name, target in json.loads(change):
             after = "null" if target is None else str(target)
@@ -215,6 +218,12 @@ def _transitions(
 
 #: Rows of the results table grouped by one query of `_kinds`.
 _KINDS_RANGE = 5_000
+
+
+def _without_before(changes: dict[str, int]) -> dict[tuple[str, str | None], int]:
+    # A dry run's journal counted its planned rows per change as it recorded them (a second
+    # of the page's time on a million rows); they have no before-values.
+    return {(change, None): rows for change, rows in changes.items()}
 
 
 def _kinds(connection: sqlite3.Connection, outcome: str) -> dict[tuple[str, str | None], int]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import arrays
-from pipeline.core.models import FIELDS, FieldValues, InvalidRow, Outcome, RowResult
+from pipeline.core.models import FIELDS, STATUSES, FieldValues, InvalidRow, Outcome, RowResult
 from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.stages.input.input_file import DEFAULT_CHUNK_ROWS
 from pipeline.stages.input.opening import open_input
@@ -228,6 +230,7 @@ def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path) -> None:
     code = f"""
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.orchestrator.status import export_report, run_status
@@ -331,9 +334,10 @@ def test_the_counts_a_journal_keeps_are_its_tables(
     then_one_by_one: bool,
 ) -> None:
     """The journal that made a run's table counts the outcomes of the batches of columns it
-    records instead of scanning the table (a dry run's end asks twice): the same counts (and
-    rows recorded) as the table's, whether the batches ascend or repeat and reorder rows, and
-    after results recorded one by one (a resume's)."""
+    records instead of scanning the table (a dry run's end asks twice), and its planned rows
+    per change (the page's transitions): the same counts (and rows recorded) as the table's,
+    whether the batches ascend or repeat and reorder rows, and after results recorded one by
+    one (a resume's)."""
     run_dir = tmp_path_factory.mktemp("journal")
     with Journal.create(run_dir, {}) as journal:
         for batch in batches:
@@ -345,12 +349,28 @@ def test_the_counts_a_journal_keeps_are_its_tables(
                     "error_message": arrays.strings(
                         [None if outcome is Outcome.PLANNED else "bad" for _, outcome in batch]
                     ),
-                    "change": arrays.strings(['[["status", "open"]]'] * len(batch)),
+                    "change": arrays.strings(
+                        [f'[["status", "{STATUSES[row % 3]}"]]' for row, _ in batch]
+                    ),
                 }
             )
         if then_one_by_one:
             journal.record([RowResult(5, ID_2, Outcome.UPDATED, difference="status: x")])
         kept = journal.counts(), journal.differences(), journal.recorded()
+        planned_changes = journal.planned_changes()
+    rows = [row for batch in batches for row, _ in batch]
+    if not then_one_by_one and all(a < b for a, b in zip(rows, rows[1:], strict=False)):
+        assert planned_changes is not None  # each batch after the last: still counted
     with Journal.open(run_dir) as journal:
         assert kept == (journal.counts(), journal.differences(), journal.recorded())
         assert journal.recorded() == sum(journal.counts().values())
+        assert journal.planned_changes() is None  # not the journal that made the table
+        if planned_changes is not None:
+            with closing(sqlite3.connect(journal.path)) as connection:
+                table = dict(
+                    connection.execute(
+                        "SELECT change, COUNT(*) FROM results WHERE outcome = 'planned' "
+                        "GROUP BY change"
+                    ).fetchall()
+                )
+            assert planned_changes == table
