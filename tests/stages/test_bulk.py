@@ -230,7 +230,6 @@ def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path) -> None:
     code = f"""
 import sys
 import threading
-from contextlib import closing
 from pathlib import Path
 from pipeline.orchestrator.runner import RunSettings, run
 from pipeline.orchestrator.status import export_report, run_status
