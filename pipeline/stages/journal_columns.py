@@ -142,10 +142,11 @@ class ColumnsWriter:
     batches behind the caller, who turns each batch into Python rows: what the writer's thread
     does is SQLite's, which runs without the GIL for each row, so the caller makes its next
     batch meanwhile. An error on the writer's thread is raised to the caller by the next
-    `record` or by `close`."""
+    `record` or by `close`; `closed` is called once, when the last batch is in."""
 
-    def __init__(self, insert: Callable[[ColumnBatch], None]) -> None:
+    def __init__(self, insert: Callable[[ColumnBatch], None], closed: Callable[[], None]) -> None:
         self._insert = insert
+        self._closed = closed
         self._queue: queue.Queue[ColumnBatch | None] = queue.Queue(maxsize=2)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="journal-writer", daemon=True)
@@ -169,5 +170,6 @@ class ColumnsWriter:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+            self._closed()
         if self._failure is not None:
             raise self._failure

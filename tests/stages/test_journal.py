@@ -131,3 +131,32 @@ def test_an_unversioned_journal_without_the_current_columns_is_refused(tmp_path:
     assert str(path) in message and "results table lacks before" in message
     assert "start a new run" in message
     assert version_of(path) == 0
+
+
+def test_only_a_dry_runs_columns_are_recorded_without_syncs(tmp_path: Path) -> None:
+    """The journal waits for the disk (synchronous=NORMAL) except while a dry run's results
+    go in through the columns writer (OFF), and again once the writer is closed."""
+    from pipeline.core import arrays
+
+    def synchronous(journal: Journal) -> int:
+        (level,) = journal._connection.execute("PRAGMA synchronous").fetchone()
+        return int(level)
+
+    off, normal = 0, 1
+    with Journal.create(tmp_path / "run", {}) as journal:
+        assert synchronous(journal) == normal
+        writer = journal.columns_writer()
+        assert synchronous(journal) == off
+        writer.record(
+            {
+                "row": arrays.integers([1]),
+                "conversation_id": arrays.strings(["3f0e9c1a-6b7d-4e2f-9a8b-1c2d3e4f5a6b"]),
+                "outcome": arrays.strings([Outcome.PLANNED.value]),
+                "error_message": arrays.strings([None]),
+                "change": arrays.strings(['[["status", "closed"]]']),
+            }
+        )
+        writer.close()
+        assert synchronous(journal) == normal
+        writer.close()  # a second close changes nothing
+        assert synchronous(journal) == normal and journal.recorded() == 1
