@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import arrays
 from pipeline.core.errors import InputError
 
 #: Output formats of export and of verify's report, picked by the file's suffix.
@@ -84,13 +85,8 @@ class TableWriter:
             self._flush()
 
     def _flush(self) -> None:
-        import pyarrow as pa
-
         if self._pending:
-            filled = [
-                {name: record.get(name) for name in self._columns} for record in self._pending
-            ]
-            self._file.write_table(pa.Table.from_pylist(filled, schema=self._schema))
+            self._file.write_batch(arrays.record_batch(self._pending, self._schema))
             self._pending = []
 
     def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:

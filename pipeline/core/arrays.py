@@ -12,8 +12,8 @@ from __future__ import annotations
 import array
 import functools
 import itertools
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import pyarrow
@@ -68,6 +68,22 @@ def integers(values: Sequence[int | None]) -> pyarrow.Array:
     valid = flags([value is not None for value in values])
     masked: pyarrow.Array = pc.if_else(valid, result, null(pa.int64()))
     return masked
+
+
+def record_batch(
+    records: Sequence[Mapping[str, Any]], schema: pyarrow.Schema
+) -> pyarrow.RecordBatch:
+    """`pyarrow.RecordBatch.from_pylist(records, schema)` for a schema of strings and int64s (a
+    name a record lacks: null)."""
+    import pyarrow as pa
+
+    columns = [
+        (integers if pa.types.is_int64(field.type) else strings)(
+            [record.get(field.name) for record in records]
+        )
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def flags(values: Sequence[bool]) -> pyarrow.Array:

@@ -222,7 +222,6 @@ class _RowsWriter:
             import pyarrow.parquet as pq
 
             self._schema = pa.schema([(name, pa.string()) for name in columns])
-            self._pa = pa
             self._file: Any = pq.ParquetWriter(path, self._schema)
         else:
             self._file = path.open("w", newline="", encoding="utf-8")
@@ -231,7 +230,7 @@ class _RowsWriter:
 
     def __call__(self, batch: list[dict[str, Any]]) -> None:
         if self._parquet:
-            self._file.write_table(self._pa.Table.from_pylist(batch, schema=self._schema))
+            self._file.write_batch(arrays.record_batch(batch, self._schema))
         else:
             self._csv.writerows(batch)
 

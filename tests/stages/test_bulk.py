@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -222,11 +223,23 @@ def test_a_dry_run_reports_what_the_row_by_row_rules_say(tmp_path: Path, suffix:
         assert again == expected
 
 
-def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_dry_run_and_its_report_never_import_pandas(tmp_path: Path, suffix: str) -> None:
     """pyarrow imports pandas, when it is installed (as it is here), the first time it turns a
     Python value into Arrow: ~40 MB and a noticeable start-up that a big dry run, `status` and
-    `report` have no use for. They build their Arrow values from buffers instead."""
+    `report` have no use for. They build their Arrow values from buffers instead, the
+    fix-and-rerun file of invalid rows too (Parquet for a Parquet input)."""
     path = write_csv(tmp_path / "in.csv", messy_rows())
+    if suffix == ".parquet":
+        table = pa_csv.read_csv(
+            path,
+            convert_options=pa_csv.ConvertOptions(
+                strings_can_be_null=False,
+                column_types={name: pa.string() for name in ("conversation_id", *FIELDS)},
+            ),
+        )
+        path = tmp_path / "in.parquet"
+        pq.write_table(table, path)
     code = f"""
 import sys
 import threading
@@ -244,6 +257,7 @@ print("pandas" in sys.modules)
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / f"report-failures{suffix}").is_file()
     assert result.stdout.strip() == "False"
 
 
