@@ -5,10 +5,10 @@ leaves (the row, its change and its before-values: a write-ahead log); then one 
 once its outcome is known. Intents are committed before the request is sent, results a batch
 at a time, before they count as done, in WAL mode with synchronous=NORMAL (a dry run's
 results without syncs: see `columns_writer`): a commit survives the process being killed (the
-OS has it). A row with an intent and no result was sent and may
-have been applied; resume judges it with the before-values of its intent, so a row the run
-changed is reported `updated` and can be undone even if its answer never arrived. The report
-is exported from here, so a run resumed any number of times has one line per input row.
+OS has it). A row with an intent and no result was sent and may have been applied; resume
+judges it with the before-values of its intent, so a row the run changed is reported
+`updated` and can be undone even if its answer never arrived. The report is exported from
+here, so a run resumed any number of times has one line per input row.
 """
 
 from __future__ import annotations
