@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import arrays
 from pipeline.core.errors import InputError
 from pipeline.core.models import FieldValues, Outcome, RowRequest, RowResult
 from pipeline.stages.journal import JOURNAL_NAME, Journal
@@ -136,7 +137,6 @@ def test_an_unversioned_journal_without_the_current_columns_is_refused(tmp_path:
 def test_only_a_dry_runs_columns_are_recorded_without_syncs(tmp_path: Path) -> None:
     """The journal waits for the disk (synchronous=NORMAL) except while a dry run's results
     go in through the columns writer (OFF), and again once the writer is closed."""
-    from pipeline.core import arrays
 
     def synchronous(journal: Journal) -> int:
         (level,) = journal._connection.execute("PRAGMA synchronous").fetchone()
